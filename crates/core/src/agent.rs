@@ -1,0 +1,343 @@
+//! Agent definitions: a declarative spec (YAML or JSON), validated before it is stored.
+//! Versions are immutable; a session pins one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// The declarative definition of an agent, as a user writes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Unique per tenant; `[a-z0-9][a-z0-9_-]{0,62}`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub model: ModelSpec,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instructions: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// What happens to input that arrives while a run is active.
+    #[serde(default)]
+    pub concurrency: ConcurrencyPolicy,
+    #[serde(default)]
+    pub context: ContextSpec,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// Any OpenAI-compatible chat-completions server (OpenAI, Ollama, vLLM, llama.cpp).
+    Openai,
+    /// In-process and deterministic: a pure function of the context it receives.
+    Scripted,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub provider: Provider,
+    /// The provider's model id, e.g. `gpt-4o-mini` or `llama3.2`.
+    pub name: String,
+    /// Defaults to `OPENAI_BASE_URL`, then `https://api.openai.com/v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The environment variable that holds the API key (default `OPENAI_API_KEY`).
+    /// Keys themselves never go into a spec: specs are stored and exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Stream the model's response (deltas reach clients as they arrive).
+    #[serde(default = "default_true")]
+    pub stream: bool,
+    /// Per-request timeout.
+    #[serde(default = "default_model_timeout")]
+    pub timeout_secs: u64,
+    /// Retries of a failed model call when retrying is safe (timeouts, 429, 5xx).
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// Delay between streamed chunks of the scripted model (for demos and crash tests).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunk_delay_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_model_timeout() -> u64 {
+    120
+}
+fn default_retries() -> u32 {
+    3
+}
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolKind {
+    /// Runs inside Stead (see the engine's built-in registry).
+    Builtin,
+    /// Runs in the client: the run stops in `requires_action` until outputs are submitted.
+    Client,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ToolKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema of the arguments (client tools; built-ins bring their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+    /// Safe to run twice with the same idempotency key. Built-ins declare their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotent: Option<bool>,
+    /// Per-call timeout for server-side tools.
+    #[serde(default = "default_tool_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_tool_timeout() -> u64 {
+    60
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Model calls per run.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
+    /// Counted from the run's creation, waiting time included.
+    #[serde(default = "default_wall_time")]
+    pub max_wall_time_secs: u64,
+}
+
+fn default_max_steps() -> u32 {
+    50
+}
+fn default_wall_time() -> u64 {
+    3600
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_steps: default_max_steps(), max_wall_time_secs: default_wall_time() }
+    }
+}
+
+/// Concurrent input policy for a session (invariant 3: one writer per session).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyPolicy {
+    /// Refuse new input while a run is active (HTTP 409, `session_busy`).
+    Reject,
+    /// Queue it: runs execute one at a time in arrival order.
+    #[default]
+    Enqueue,
+    /// Cancel the active run at its next safe point, then run the new input.
+    Interrupt,
+}
+
+/// What goes into the model's context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextSpec {
+    /// At most this many recent messages are loaded into the context.
+    #[serde(default = "default_max_messages")]
+    pub max_messages: u32,
+    /// Estimated token budget for the recent window (instructions not included).
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u64,
+}
+
+fn default_max_messages() -> u32 {
+    200
+}
+fn default_max_tokens() -> u64 {
+    64_000
+}
+
+impl Default for ContextSpec {
+    fn default() -> Self {
+        Self { max_messages: default_max_messages(), max_tokens: default_max_tokens() }
+    }
+}
+
+/// The syntax a spec is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecFormat {
+    Json,
+    Yaml,
+}
+
+/// Hard bounds on a spec, so one definition cannot exhaust the server.
+pub const MAX_TOOLS: usize = 128;
+pub const MAX_INSTRUCTIONS_BYTES: usize = 256 * 1024;
+
+impl AgentSpec {
+    /// Parses and validates a spec. Errors name the line (syntax) or the field (meaning).
+    pub fn parse(text: &str, format: SpecFormat) -> Result<Self, Error> {
+        let spec: AgentSpec = match format {
+            SpecFormat::Json => serde_json::from_str(text).map_err(|e| {
+                Error::InvalidAgentSpec(format!("{e} (line {}, column {})", e.line(), e.column()))
+            })?,
+            SpecFormat::Yaml => serde_yaml_ng::from_str(text).map_err(|e| {
+                let at = e
+                    .location()
+                    .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                    .unwrap_or_default();
+                let msg = e.to_string();
+                // serde_yaml_ng already appends "at line L column C"; avoid saying it twice.
+                if msg.contains(" at line ") {
+                    Error::InvalidAgentSpec(msg)
+                } else {
+                    Error::InvalidAgentSpec(format!("{msg}{at}"))
+                }
+            })?,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks what serde cannot: names, ranges, uniqueness.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |field: &str, why: &str| Err(Error::InvalidAgentSpec(format!("field `{field}`: {why}")));
+        if !is_slug(&self.name) {
+            return bad("name", "use 1-63 of [a-z0-9_-], starting with a letter or digit");
+        }
+        if self.model.name.trim().is_empty() {
+            return bad("model.name", "must not be empty");
+        }
+        if let Some(url) = &self.model.base_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad("model.base_url", "must start with http:// or https://");
+        }
+        if let Some(env) = &self.model.api_key_env
+            && (env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return bad("model.api_key_env", "must be an environment variable name");
+        }
+        if let Some(t) = self.model.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return bad("model.temperature", "must be between 0 and 2");
+        }
+        if self.model.timeout_secs == 0 || self.model.timeout_secs > 3600 {
+            return bad("model.timeout_secs", "must be between 1 and 3600");
+        }
+        if self.model.max_retries > 10 {
+            return bad("model.max_retries", "must be at most 10");
+        }
+        if self.instructions.len() > MAX_INSTRUCTIONS_BYTES {
+            return bad("instructions", "is longer than 256 KiB");
+        }
+        if self.tools.len() > MAX_TOOLS {
+            return bad("tools", "at most 128 tools");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, tool) in self.tools.iter().enumerate() {
+            let field = format!("tools[{i}].name");
+            if tool.name.is_empty()
+                || tool.name.len() > 64
+                || !tool.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return bad(&field, "use 1-64 of [A-Za-z0-9_-]");
+            }
+            if !seen.insert(tool.name.as_str()) {
+                return bad(&field, &format!("duplicate tool name `{}`", tool.name));
+            }
+            if let Some(p) = &tool.parameters
+                && !p.is_object()
+            {
+                return bad(&format!("tools[{i}].parameters"), "must be a JSON Schema object");
+            }
+            if tool.timeout_secs == 0 || tool.timeout_secs > 3600 {
+                return bad(&format!("tools[{i}].timeout_secs"), "must be between 1 and 3600");
+            }
+        }
+        if self.limits.max_steps == 0 || self.limits.max_steps > 10_000 {
+            return bad("limits.max_steps", "must be between 1 and 10000");
+        }
+        if self.limits.max_wall_time_secs == 0 {
+            return bad("limits.max_wall_time_secs", "must be at least 1");
+        }
+        if self.context.max_messages < 2 || self.context.max_messages > 10_000 {
+            return bad("context.max_messages", "must be between 2 and 10000");
+        }
+        if self.context.max_tokens < 256 {
+            return bad("context.max_tokens", "must be at least 256");
+        }
+        Ok(())
+    }
+
+    pub fn tool(&self, name: &str) -> Option<&ToolSpec> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+}
+
+pub fn is_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = "name: helper\nmodel:\n  provider: scripted\n  name: echo\ntools:\n  - name: clock\n    type: builtin\n";
+
+    #[test]
+    fn minimal_yaml_parses_with_defaults() {
+        let spec = AgentSpec::parse(YAML, SpecFormat::Yaml).unwrap();
+        assert_eq!(spec.name, "helper");
+        assert_eq!(spec.concurrency, ConcurrencyPolicy::Enqueue);
+        assert_eq!(spec.limits.max_steps, 50);
+        assert!(spec.model.stream);
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let text = "name: helper\nmodel:\n  provider: scripted\n  name: echo\n  temprature: 0.2\n";
+        let err = AgentSpec::parse(text, SpecFormat::Yaml).unwrap_err().to_string();
+        assert!(err.contains("temprature"), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn json_syntax_error_names_line() {
+        let err = AgentSpec::parse("{\n\"name\": \"x\",\n}", SpecFormat::Json).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let cases = [
+            ("name: Bad Name\nmodel: {provider: scripted, name: e}\n", "field `name`"),
+            ("name: a\nmodel: {provider: scripted, name: e, temperature: 9}\n", "model.temperature"),
+            (
+                "name: a\nmodel: {provider: scripted, name: e}\ntools: [{name: t, type: client}, {name: t, type: client}]\n",
+                "tools[1].name",
+            ),
+            ("name: a\nmodel: {provider: scripted, name: e}\nlimits: {max_steps: 0}\n", "limits.max_steps"),
+            ("name: a\nmodel: {provider: nope, name: e}\n", "unknown variant"),
+        ];
+        for (text, needle) in cases {
+            let err = AgentSpec::parse(text, SpecFormat::Yaml).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} -> {err}");
+        }
+    }
+}

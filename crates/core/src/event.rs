@@ -1,0 +1,321 @@
+//! The event log: a session's truth. Events are append-only and hash-chained: each event's
+//! hash is SHA-256 over the previous event's hash and this event's canonical JSON (RFC 8785),
+//! so any edit, insertion or deletion breaks the chain from that point on.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ids::{RunId, SessionId, TenantId};
+use crate::message::{Message, ToolCall, Usage};
+use crate::time::Timestamp;
+
+/// The hash "before" the first event of every session.
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// Who caused an event: `principal:<id>`, `worker:<id>` or `system`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Actor(pub String);
+
+impl Actor {
+    pub fn principal(id: &str) -> Self {
+        Self(format!("principal:{id}"))
+    }
+    pub fn worker(id: &str) -> Self {
+        Self(format!("worker:{id}"))
+    }
+    pub fn system() -> Self {
+        Self("system".to_owned())
+    }
+}
+
+/// A stable error as recorded in the log and returned by the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorInfo {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self { code: code.to_owned(), message: message.into() }
+    }
+}
+
+/// What happened. Serialized as `{"type": "...", "data": {...}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum EventBody {
+    SessionCreated {
+        agent: String,
+        agent_version: u32,
+        #[serde(default)]
+        metadata: serde_json::Value,
+    },
+    /// A run was queued with the user's input.
+    RunCreated { input: Vec<Message> },
+    /// The model answered. Recorded before anything it asked for is done.
+    ModelResponded {
+        step: u32,
+        model: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<ToolCall>,
+        usage: Usage,
+        finish_reason: String,
+    },
+    /// Intent: a server-side tool call is about to run. Durable before the side effect.
+    ToolCallStarted { call_id: String, name: String, idempotency_key: String },
+    /// A tool call's result, from a server-side tool or submitted by the client.
+    ToolCallCompleted {
+        call_id: String,
+        name: String,
+        output: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
+    },
+    /// The run waits for the client to run these tools and submit their outputs.
+    RunRequiresAction { tool_calls: Vec<ToolCall> },
+    RunCancelRequested { reason: String },
+    RunCompleted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+    },
+    RunFailed { error: ErrorInfo },
+    RunCancelled { reason: String },
+}
+
+impl EventBody {
+    /// The event type's name as stored and shown (`run_created`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::SessionCreated { .. } => "session_created",
+            EventBody::RunCreated { .. } => "run_created",
+            EventBody::ModelResponded { .. } => "model_responded",
+            EventBody::ToolCallStarted { .. } => "tool_call_started",
+            EventBody::ToolCallCompleted { .. } => "tool_call_completed",
+            EventBody::RunRequiresAction { .. } => "run_requires_action",
+            EventBody::RunCancelRequested { .. } => "run_cancel_requested",
+            EventBody::RunCompleted { .. } => "run_completed",
+            EventBody::RunFailed { .. } => "run_failed",
+            EventBody::RunCancelled { .. } => "run_cancelled",
+        }
+    }
+
+    /// Whether this event contributes a message to the model's context.
+    pub fn is_message(&self) -> bool {
+        matches!(
+            self,
+            EventBody::RunCreated { .. } | EventBody::ModelResponded { .. } | EventBody::ToolCallCompleted { .. }
+        )
+    }
+
+    /// The messages this event adds to the conversation.
+    pub fn messages(&self) -> Vec<Message> {
+        match self {
+            EventBody::RunCreated { input } => input.clone(),
+            EventBody::ModelResponded { content, tool_calls, .. } => {
+                vec![Message::Assistant { content: content.clone(), tool_calls: tool_calls.clone() }]
+            }
+            EventBody::ToolCallCompleted { call_id, name, output, is_error } => vec![Message::Tool {
+                call_id: call_id.clone(),
+                name: name.clone(),
+                content: output.clone(),
+                is_error: *is_error,
+            }],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// An event before it is committed: the store assigns `seq`, `at` and the hash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub run_id: Option<RunId>,
+    pub actor: Actor,
+    pub body: EventBody,
+}
+
+/// A committed event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub tenant_id: TenantId,
+    pub session_id: SessionId,
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<RunId>,
+    pub actor: Actor,
+    pub at: Timestamp,
+    #[serde(flatten)]
+    pub body: EventBody,
+    /// Hex SHA-256 over the previous hash and this event's canonical JSON.
+    pub hash: String,
+}
+
+/// The part of an event that the hash covers: everything but the hash itself.
+#[derive(Serialize)]
+struct Hashed<'a> {
+    tenant_id: &'a TenantId,
+    session_id: &'a SessionId,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_id: &'a Option<RunId>,
+    actor: &'a Actor,
+    at: &'a Timestamp,
+    #[serde(flatten)]
+    body: &'a EventBody,
+}
+
+/// Computes an event's chain hash from the previous hash and the event's fields.
+pub fn chain_hash(
+    prev: &[u8; 32],
+    tenant_id: &TenantId,
+    session_id: &SessionId,
+    seq: u64,
+    run_id: &Option<RunId>,
+    actor: &Actor,
+    at: &Timestamp,
+    body: &EventBody,
+) -> [u8; 32] {
+    let canonical = serde_jcs::to_vec(&Hashed { tenant_id, session_id, seq, run_id, actor, at, body })
+        .expect("event bodies are plain JSON and always serialize");
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(&canonical);
+    h.finalize().into()
+}
+
+impl Event {
+    /// Recomputes this event's hash given the previous event's hash.
+    pub fn compute_hash(&self, prev: &[u8; 32]) -> [u8; 32] {
+        chain_hash(prev, &self.tenant_id, &self.session_id, self.seq, &self.run_id, &self.actor, &self.at, &self.body)
+    }
+}
+
+/// Where and why a chain stopped verifying.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokenLink {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// Incremental chain verifier: feed events in order, it names the first broken link.
+#[derive(Clone, Debug)]
+pub struct ChainVerifier {
+    prev: [u8; 32],
+    next_seq: u64,
+    pub verified: u64,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self { prev: GENESIS_HASH, next_seq: 1, verified: 0 }
+    }
+}
+
+impl ChainVerifier {
+    pub fn push(&mut self, event: &Event) -> Result<(), BrokenLink> {
+        if event.seq != self.next_seq {
+            return Err(BrokenLink {
+                seq: event.seq,
+                reason: format!("expected sequence {}, found {} (an event is missing or out of place)", self.next_seq, event.seq),
+            });
+        }
+        let expected = event.compute_hash(&self.prev);
+        if hex::encode(expected) != event.hash {
+            return Err(BrokenLink {
+                seq: event.seq,
+                reason: "hash does not match the event's content and the previous hash (edited or reordered)".into(),
+            });
+        }
+        self.prev = expected;
+        self.next_seq += 1;
+        self.verified += 1;
+        Ok(())
+    }
+
+    /// The hash the next event must chain from.
+    pub fn head_hash(&self) -> [u8; 32] {
+        self.prev
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: u64) -> Vec<Event> {
+        let tenant = TenantId::default_tenant();
+        let session = SessionId::new();
+        let mut prev = GENESIS_HASH;
+        (1..=n)
+            .map(|seq| {
+                let body = EventBody::RunCreated { input: vec![Message::User { content: format!("hello {seq}") }] };
+                let mut e = Event {
+                    tenant_id: tenant.clone(),
+                    session_id: session,
+                    seq,
+                    run_id: Some(RunId::new()),
+                    actor: Actor::principal("p"),
+                    at: Timestamp(1000 + seq as i64),
+                    body,
+                    hash: String::new(),
+                };
+                prev = e.compute_hash(&prev);
+                e.hash = hex::encode(prev);
+                e
+            })
+            .collect()
+    }
+
+    fn verify(events: &[Event]) -> Result<u64, BrokenLink> {
+        let mut v = ChainVerifier::default();
+        for e in events {
+            v.push(e)?;
+        }
+        Ok(v.verified)
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        assert_eq!(verify(&chain(20)), Ok(20));
+    }
+
+    #[test]
+    fn every_kind_of_tampering_names_the_first_broken_link() {
+        let events = chain(10);
+        // Edit a payload.
+        let mut edited = events.clone();
+        edited[4].body = EventBody::RunCreated { input: vec![Message::User { content: "forged".into() }] };
+        assert_eq!(verify(&edited).unwrap_err().seq, 5);
+        // Edit the actor only.
+        let mut actor = events.clone();
+        actor[6].actor = Actor::principal("mallory");
+        assert_eq!(verify(&actor).unwrap_err().seq, 7);
+        // Delete an event.
+        let mut deleted = events.clone();
+        deleted.remove(3);
+        assert_eq!(verify(&deleted).unwrap_err().seq, 5);
+        // Swap two events, renumbered to look contiguous.
+        let mut swapped = events.clone();
+        swapped.swap(2, 3);
+        swapped[2].seq = 3;
+        swapped[3].seq = 4;
+        assert_eq!(verify(&swapped).unwrap_err().seq, 3);
+        // Truncating the tail is not detectable from the events alone; the store
+        // compares the session's recorded head with the last event for that.
+        assert_eq!(verify(&events[..5]), Ok(5));
+    }
+
+    #[test]
+    fn serialized_shape_is_flat_and_stable() {
+        let e = &chain(1)[0];
+        let v = serde_json::to_value(e).unwrap();
+        assert_eq!(v["type"], "run_created");
+        assert_eq!(v["data"]["input"][0]["role"], "user");
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(&back, e);
+        assert_eq!(verify(&[back]), Ok(1), "a round-tripped event still verifies");
+    }
+}
