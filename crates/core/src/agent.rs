@@ -189,14 +189,11 @@ impl AgentSpec {
     /// Parses and validates a spec. Errors name the line (syntax) or the field (meaning).
     pub fn parse(text: &str, format: SpecFormat) -> Result<Self, Error> {
         let spec: AgentSpec = match format {
-            SpecFormat::Json => serde_json::from_str(text).map_err(|e| {
-                Error::InvalidAgentSpec(format!("{e} (line {}, column {})", e.line(), e.column()))
-            })?,
+            SpecFormat::Json => serde_json::from_str(text)
+                .map_err(|e| Error::InvalidAgentSpec(format!("{e} (line {}, column {})", e.line(), e.column())))?,
             SpecFormat::Yaml => serde_yaml_ng::from_str(text).map_err(|e| {
-                let at = e
-                    .location()
-                    .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
-                    .unwrap_or_default();
+                let at =
+                    e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();
                 let msg = e.to_string();
                 // serde_yaml_ng already appends "at line L column C"; avoid saying it twice.
                 if msg.contains(" at line ") {
@@ -298,7 +295,8 @@ pub fn is_slug(s: &str) -> bool {
 mod tests {
     use super::*;
 
-    const YAML: &str = "name: helper\nmodel:\n  provider: scripted\n  name: echo\ntools:\n  - name: clock\n    type: builtin\n";
+    const YAML: &str =
+        "name: helper\nmodel:\n  provider: scripted\n  name: echo\ntools:\n  - name: clock\n    type: builtin\n";
 
     #[test]
     fn minimal_yaml_parses_with_defaults() {

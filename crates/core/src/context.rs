@@ -7,7 +7,8 @@ use crate::agent::ContextSpec;
 use crate::message::Message;
 
 /// Result text given to the model for a call whose run ended before it had a result.
-pub const MISSING_RESULT: &str = "error: no result was recorded for this call (its run ended before the call completed)";
+pub const MISSING_RESULT: &str =
+    "error: no result was recorded for this call (its run ended before the call completed)";
 
 /// Builds the model's context: instructions, then the most recent messages that fit the
 /// budget, repaired so that every tool call has exactly one result and no result is orphaned
@@ -82,7 +83,10 @@ mod tests {
     fn asks(ids: &[&str]) -> Message {
         Message::Assistant {
             content: None,
-            tool_calls: ids.iter().map(|id| ToolCall { id: (*id).into(), name: "t".into(), arguments: "{}".into() }).collect(),
+            tool_calls: ids
+                .iter()
+                .map(|id| ToolCall { id: (*id).into(), name: "t".into(), arguments: "{}".into() })
+                .collect(),
         }
     }
     fn result(id: &str) -> Message {
@@ -119,8 +123,17 @@ mod tests {
 
     #[test]
     fn window_keeps_newest_and_repairs_cuts() {
-        let history =
-            vec![user("a"), asks(&["1", "2"]), result("1"), result("2"), user("b"), asks(&["3"]), user("c"), asks(&["4"]), result("4")];
+        let history = vec![
+            user("a"),
+            asks(&["1", "2"]),
+            result("1"),
+            result("2"),
+            user("b"),
+            asks(&["3"]),
+            user("c"),
+            asks(&["4"]),
+            result("4"),
+        ];
         for max_messages in 2..=12 {
             let spec = ContextSpec { max_messages, max_tokens: 1_000_000 };
             let ctx = build_context("be brief", &history, &spec);
@@ -130,7 +143,9 @@ mod tests {
         }
         // The call whose run ended gets an explicit error result, not silence.
         let ctx = build_context("", &history, &ContextSpec { max_messages: 100, max_tokens: 1_000_000 });
-        assert!(ctx.iter().any(|m| matches!(m, Message::Tool { call_id, content, .. } if call_id == "3" && content == MISSING_RESULT)));
+        assert!(ctx.iter().any(
+            |m| matches!(m, Message::Tool { call_id, content, .. } if call_id == "3" && content == MISSING_RESULT)
+        ));
     }
 
     #[test]

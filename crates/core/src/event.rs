@@ -53,7 +53,9 @@ pub enum EventBody {
         metadata: serde_json::Value,
     },
     /// A run was queued with the user's input.
-    RunCreated { input: Vec<Message> },
+    RunCreated {
+        input: Vec<Message>,
+    },
     /// The model answered. Recorded before anything it asked for is done.
     ModelResponded {
         step: u32,
@@ -66,7 +68,11 @@ pub enum EventBody {
         finish_reason: String,
     },
     /// Intent: a server-side tool call is about to run. Durable before the side effect.
-    ToolCallStarted { call_id: String, name: String, idempotency_key: String },
+    ToolCallStarted {
+        call_id: String,
+        name: String,
+        idempotency_key: String,
+    },
     /// A tool call's result, from a server-side tool or submitted by the client.
     ToolCallCompleted {
         call_id: String,
@@ -76,14 +82,22 @@ pub enum EventBody {
         is_error: bool,
     },
     /// The run waits for the client to run these tools and submit their outputs.
-    RunRequiresAction { tool_calls: Vec<ToolCall> },
-    RunCancelRequested { reason: String },
+    RunRequiresAction {
+        tool_calls: Vec<ToolCall>,
+    },
+    RunCancelRequested {
+        reason: String,
+    },
     RunCompleted {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output: Option<String>,
     },
-    RunFailed { error: ErrorInfo },
-    RunCancelled { reason: String },
+    RunFailed {
+        error: ErrorInfo,
+    },
+    RunCancelled {
+        reason: String,
+    },
 }
 
 impl EventBody {
@@ -219,7 +233,10 @@ impl ChainVerifier {
         if event.seq != self.next_seq {
             return Err(BrokenLink {
                 seq: event.seq,
-                reason: format!("expected sequence {}, found {} (an event is missing or out of place)", self.next_seq, event.seq),
+                reason: format!(
+                    "expected sequence {}, found {} (an event is missing or out of place)",
+                    self.next_seq, event.seq
+                ),
             });
         }
         let expected = event.compute_hash(&self.prev);

@@ -106,14 +106,8 @@ impl TenantId {
         let ok = !value.is_empty()
             && value.len() <= 63
             && value.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(Error::InvalidTenant(value.chars().take(80).collect()))
-        }
+            && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok { Ok(Self(value.to_owned())) } else { Err(Error::InvalidTenant(value.chars().take(80).collect())) }
     }
 
     pub fn as_str(&self) -> &str {

@@ -211,15 +211,26 @@ pub enum ToolClass {
 /// The next thing a run must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
-    CallModel { step: u32 },
+    CallModel {
+        step: u32,
+    },
     /// Run these calls server-side. Intent for `to_start` must be recorded first; the rest
     /// already have recorded intent (a retry after a crash, with the same idempotency key).
-    RunTools { calls: Vec<ToolCall>, to_start: Vec<ToolCall> },
+    RunTools {
+        calls: Vec<ToolCall>,
+        to_start: Vec<ToolCall>,
+    },
     /// Hand these calls to the client and wait.
-    AwaitClient { calls: Vec<ToolCall> },
-    Finish { output: Option<String> },
+    AwaitClient {
+        calls: Vec<ToolCall>,
+    },
+    Finish {
+        output: Option<String>,
+    },
     Fail(ErrorInfo),
-    Cancel { reason: String },
+    Cancel {
+        reason: String,
+    },
     /// Nothing to do: the run is finished or waiting on someone else.
     Idle,
 }
@@ -236,7 +247,10 @@ pub fn decide(agent: &AgentSpec, run: &RunState, now: Timestamp, class_of: &dyn 
     if now > deadline {
         return Decision::Fail(ErrorInfo::new(
             "max_wall_time_exceeded",
-            format!("the run exceeded its limit of {}s wall time (limits.max_wall_time_secs)", agent.limits.max_wall_time_secs),
+            format!(
+                "the run exceeded its limit of {}s wall time (limits.max_wall_time_secs)",
+                agent.limits.max_wall_time_secs
+            ),
         ));
     }
     if !run.pending.is_empty() {
@@ -349,19 +363,36 @@ mod tests {
             decide(&a, &r, T0, &classes),
             Decision::RunTools { calls: vec![call("c1", "clock")], to_start: vec![call("c1", "clock")] }
         );
-        r.apply(T0, &EventBody::ToolCallStarted { call_id: "c1".into(), name: "clock".into(), idempotency_key: "k".into() })
-            .unwrap();
+        r.apply(
+            T0,
+            &EventBody::ToolCallStarted { call_id: "c1".into(), name: "clock".into(), idempotency_key: "k".into() },
+        )
+        .unwrap();
         // Crash here: the idempotent call is retried, not started again.
-        assert_eq!(decide(&a, &r, T0, &classes), Decision::RunTools { calls: vec![call("c1", "clock")], to_start: vec![] });
-        r.apply(T0, &EventBody::ToolCallCompleted { call_id: "c1".into(), name: "clock".into(), output: "t".into(), is_error: false })
-            .unwrap();
+        assert_eq!(
+            decide(&a, &r, T0, &classes),
+            Decision::RunTools { calls: vec![call("c1", "clock")], to_start: vec![] }
+        );
+        r.apply(
+            T0,
+            &EventBody::ToolCallCompleted {
+                call_id: "c1".into(),
+                name: "clock".into(),
+                output: "t".into(),
+                is_error: false,
+            },
+        )
+        .unwrap();
         assert_eq!(decide(&a, &r, T0, &classes), Decision::CallModel { step: 2 });
         r.apply(T0, &responded(vec![], Some("done"))).unwrap();
         assert_eq!(decide(&a, &r, T0, &classes), Decision::Finish { output: Some("done".into()) });
         r.apply(T0, &EventBody::RunCompleted { output: Some("done".into()) }).unwrap();
         assert_eq!(r.status, RunStatus::Completed);
         assert_eq!(decide(&a, &r, T0, &classes), Decision::Idle);
-        assert!(r.apply(T0, &EventBody::RunCancelRequested { reason: "x".into() }).is_err(), "terminal runs take no events");
+        assert!(
+            r.apply(T0, &EventBody::RunCancelRequested { reason: "x".into() }).is_err(),
+            "terminal runs take no events"
+        );
     }
 
     #[test]
@@ -372,21 +403,43 @@ mod tests {
         // Server tools first, then the client's.
         let d = decide(&a, &r, T0, &classes);
         assert_eq!(d, Decision::RunTools { calls: vec![call("c2", "clock")], to_start: vec![call("c2", "clock")] });
-        r.apply(T0, &EventBody::ToolCallStarted { call_id: "c2".into(), name: "clock".into(), idempotency_key: "k".into() })
-            .unwrap();
-        r.apply(T0, &EventBody::ToolCallCompleted { call_id: "c2".into(), name: "clock".into(), output: "t".into(), is_error: false })
-            .unwrap();
+        r.apply(
+            T0,
+            &EventBody::ToolCallStarted { call_id: "c2".into(), name: "clock".into(), idempotency_key: "k".into() },
+        )
+        .unwrap();
+        r.apply(
+            T0,
+            &EventBody::ToolCallCompleted {
+                call_id: "c2".into(),
+                name: "clock".into(),
+                output: "t".into(),
+                is_error: false,
+            },
+        )
+        .unwrap();
         assert_eq!(decide(&a, &r, T0, &classes), Decision::AwaitClient { calls: vec![call("c1", "ask")] });
         r.apply(T0, &EventBody::RunRequiresAction { tool_calls: vec![call("c1", "ask")] }).unwrap();
         assert_eq!(r.status, RunStatus::RequiresAction);
         assert_eq!(decide(&a, &r, T0, &classes), Decision::Idle);
         assert!(
-            r.apply(T0, &EventBody::ToolCallStarted { call_id: "c1".into(), name: "ask".into(), idempotency_key: "k".into() })
-                .is_err(),
+            r.apply(
+                T0,
+                &EventBody::ToolCallStarted { call_id: "c1".into(), name: "ask".into(), idempotency_key: "k".into() }
+            )
+            .is_err(),
             "a client's call is never run server-side"
         );
-        r.apply(T0, &EventBody::ToolCallCompleted { call_id: "c1".into(), name: "ask".into(), output: "yes".into(), is_error: false })
-            .unwrap();
+        r.apply(
+            T0,
+            &EventBody::ToolCallCompleted {
+                call_id: "c1".into(),
+                name: "ask".into(),
+                output: "yes".into(),
+                is_error: false,
+            },
+        )
+        .unwrap();
         assert_eq!(r.status, RunStatus::Queued);
         assert_eq!(decide(&a, &r, T0, &classes), Decision::CallModel { step: 2 });
     }
@@ -396,8 +449,11 @@ mod tests {
         let a = agent();
         let mut r = RunState::created(2, T0);
         r.apply(T0, &responded(vec![call("c1", "charge")], None)).unwrap();
-        r.apply(T0, &EventBody::ToolCallStarted { call_id: "c1".into(), name: "charge".into(), idempotency_key: "k".into() })
-            .unwrap();
+        r.apply(
+            T0,
+            &EventBody::ToolCallStarted { call_id: "c1".into(), name: "charge".into(), idempotency_key: "k".into() },
+        )
+        .unwrap();
         match decide(&a, &r, T0, &classes) {
             Decision::Fail(e) => assert_eq!(e.code, "tool_outcome_unknown"),
             d => panic!("unexpected {d:?}"),
@@ -412,7 +468,12 @@ mod tests {
             r.apply(T0, &responded(vec![call(&format!("c{i}"), "clock")], None)).unwrap();
             r.apply(
                 T0,
-                &EventBody::ToolCallCompleted { call_id: format!("c{i}"), name: "clock".into(), output: "t".into(), is_error: false },
+                &EventBody::ToolCallCompleted {
+                    call_id: format!("c{i}"),
+                    name: "clock".into(),
+                    output: "t".into(),
+                    is_error: false,
+                },
             )
             .unwrap();
         }
@@ -429,8 +490,16 @@ mod tests {
         c.apply(T0, &EventBody::RunCancelRequested { reason: "user".into() }).unwrap();
         assert_eq!(decide(&a, &c, T0, &classes), Decision::Cancel { reason: "user".into() });
         assert!(
-            c.apply(T0, &EventBody::ToolCallCompleted { call_id: "nope".into(), name: "x".into(), output: "".into(), is_error: false })
-                .is_err(),
+            c.apply(
+                T0,
+                &EventBody::ToolCallCompleted {
+                    call_id: "nope".into(),
+                    name: "x".into(),
+                    output: "".into(),
+                    is_error: false
+                }
+            )
+            .is_err(),
             "results for calls that were never made are refused"
         );
     }

@@ -1,1 +1,222 @@
-//! placeholder
+//! The storage interface: traits, records and the error type only. Implementations live
+//! beside it (`stead-store-sqlite`; PostgreSQL later) and pass one conformance suite.
+//!
+//! The store owns three guarantees the rest of Stead builds on:
+//! - **compare-and-append**: an append names the session head it expects and fails with
+//!   [`Error::Conflict`] if the head moved, so two writers never merge;
+//! - **fencing**: an append made on behalf of a claimed run carries the lease's token and
+//!   fails with [`Error::Fenced`] once another worker has claimed the run;
+//! - **projections in the same transaction**: each appended event is folded into its run's
+//!   [`RunState`] (with `stead_core::run::RunState::apply`) and the session head before
+//!   commit, so reads never see the log and the projections disagree.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use stead_core::agent::AgentSpec;
+use stead_core::event::{Event, NewEvent};
+use stead_core::ids::{AgentVersionId, RunId, SessionId, TenantId};
+use stead_core::run::{RunState, RunStatus};
+use stead_core::time::Timestamp;
+
+/// A store error. The API maps each variant to one stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    /// The session's head moved since the caller read it.
+    #[error("session head is {actual}, expected {expected}")]
+    Conflict { expected: u64, actual: u64 },
+    /// The caller's lease on the run was taken over; its writes are refused.
+    #[error("run {run} is claimed by another worker (fencing token {token} is stale)")]
+    Fenced { run: RunId, token: u64 },
+    /// An event does not fit its run's state (e.g. an event after the run finished).
+    #[error("event refused for run {run}: {reason}")]
+    InvalidTransition { run: RunId, reason: String },
+    /// The operation needs the target to be idle (e.g. deleting a session with a claimed run).
+    #[error("busy: {0}")]
+    Busy(String),
+    /// A configured limit was hit; nothing was written.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// The database is damaged or was modified outside Stead.
+    #[error("storage is corrupt: {0}")]
+    Corrupt(String),
+    /// The store is shutting down or its writer is gone.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One immutable version of an agent definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentVersion {
+    pub id: AgentVersionId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub version: u32,
+    pub spec: AgentSpec,
+    /// Hex SHA-256 of the spec's canonical JSON: applying the same spec twice is a no-op.
+    pub spec_hash: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub tenant_id: TenantId,
+    pub agent: String,
+    pub agent_version: u32,
+    pub metadata: serde_json::Value,
+    /// Sequence number of the last event (0 before the first).
+    pub head_seq: u64,
+    /// Hex hash of the last event.
+    pub head_hash: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub tenant_id: TenantId,
+    pub session_id: SessionId,
+    pub state: RunState,
+    /// The current lease, if a worker holds one.
+    pub lease: Option<Lease>,
+    /// Incremented by every claim; writes carry it and stale ones are refused.
+    pub fencing_token: u64,
+    pub updated_at: Timestamp,
+}
+
+impl RunRecord {
+    pub fn status(&self) -> RunStatus {
+        self.state.status
+    }
+}
+
+pub struct NewSession {
+    pub tenant_id: TenantId,
+    pub id: SessionId,
+    pub agent: String,
+    pub agent_version: u32,
+    pub metadata: serde_json::Value,
+    /// The `session_created` event, appended as sequence 1.
+    pub first_event: NewEvent,
+}
+
+/// Proof that the caller holds a run's lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub run_id: RunId,
+    pub token: u64,
+    /// Each successful fenced append extends the lease by this much.
+    pub extend_lease: Duration,
+}
+
+pub struct AppendRequest {
+    pub tenant_id: TenantId,
+    pub session_id: SessionId,
+    /// The head sequence the caller last saw; the append fails if it moved.
+    pub expected_head: u64,
+    pub events: Vec<NewEvent>,
+    pub fence: Option<Fence>,
+}
+
+/// A run handed to a worker.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub run: RunRecord,
+    pub session: SessionRecord,
+    /// The token the worker must carry on its appends.
+    pub token: u64,
+}
+
+/// Published after every commit, in commit order per session.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub tenant_id: TenantId,
+    pub session_id: SessionId,
+    pub events: Arc<[Event]>,
+    /// Runs whose status changed in this commit, with the new status.
+    pub runs: Vec<(RunId, RunStatus)>,
+}
+
+impl Committed {
+    /// Whether this commit made some run claimable (new input, outputs submitted...).
+    pub fn wakes_workers(&self) -> bool {
+        self.runs.iter().any(|(_, s)| s.is_claimable())
+    }
+}
+
+/// A page request: items strictly after `after` (a cursor the previous page returned).
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// The storage interface. Every method takes the tenant; nothing crosses tenants.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Agents.
+    /// Stores `spec` as the next version of its agent, unless it equals the latest version,
+    /// in which case that version is returned and `false` says nothing was created.
+    async fn put_agent(&self, tenant: &TenantId, spec: &AgentSpec) -> Result<(AgentVersion, bool)>;
+    /// The given version, or the latest when `version` is `None`.
+    async fn get_agent(&self, tenant: &TenantId, name: &str, version: Option<u32>) -> Result<AgentVersion>;
+    /// Latest version of each agent, by name.
+    async fn list_agents(&self, tenant: &TenantId, page: &Page) -> Result<Vec<AgentVersion>>;
+    async fn list_agent_versions(&self, tenant: &TenantId, name: &str) -> Result<Vec<AgentVersion>>;
+
+    // Sessions.
+    async fn create_session(&self, new: NewSession) -> Result<(SessionRecord, Event)>;
+    async fn get_session(&self, tenant: &TenantId, id: &SessionId) -> Result<SessionRecord>;
+    /// Newest first.
+    async fn list_sessions(&self, tenant: &TenantId, page: &Page) -> Result<Vec<SessionRecord>>;
+    /// Deletes the session, its events and runs. Refused while a run is claimed.
+    async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> Result<()>;
+
+    // The log.
+    /// Compare-and-append; see the crate docs for the guarantees.
+    async fn append(&self, req: AppendRequest) -> Result<Vec<Event>>;
+    /// Events with `seq > after`, ascending, at most `limit`.
+    async fn read_events(&self, tenant: &TenantId, session: &SessionId, after: u64, limit: u32) -> Result<Vec<Event>>;
+    /// The newest `limit` message-bearing events (see `EventBody::is_message`) with
+    /// `seq <= up_to`, ascending. O(limit), whatever the session's length.
+    async fn read_message_window(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        up_to: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>>;
+
+    // Runs.
+    async fn get_run(&self, tenant: &TenantId, id: &RunId) -> Result<RunRecord>;
+    /// A session's runs, oldest first.
+    async fn list_runs(&self, tenant: &TenantId, session: &SessionId, page: &Page) -> Result<Vec<RunRecord>>;
+    /// A session's runs that are not finished, oldest first.
+    async fn active_runs(&self, tenant: &TenantId, session: &SessionId) -> Result<Vec<RunRecord>>;
+    /// Claims up to `max` claimable runs for `worker`: each is its session's oldest unfinished
+    /// run, and unleased or with an expired lease. Each claim increments the fencing token.
+    async fn claim_runs(&self, worker: &str, lease: Duration, max: usize) -> Result<Vec<Claim>>;
+    /// Extends a lease; `Fenced` if it was taken over.
+    async fn renew_lease(&self, run: &RunId, token: u64, lease: Duration) -> Result<()>;
+    /// Gives a lease back without changing the run (a worker shutting down).
+    async fn release_lease(&self, run: &RunId, token: u64) -> Result<()>;
+
+    /// Commits as they happen. A slow receiver may lag; it then re-reads from the store.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Committed>;
+}
