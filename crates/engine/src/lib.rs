@@ -1,1 +1,519 @@
-//! placeholder
+//! The run engine: commands that change sessions (under the one-writer rules), the
+//! dispatcher that claims runnable runs, and the run loop `decide → execute → append`.
+//! It knows nothing of HTTP; `stead-api` calls it.
+
+pub mod error;
+pub mod fault;
+pub mod tools;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use stead_core::agent::{AgentSpec, ConcurrencyPolicy, SpecFormat, ToolKind};
+use stead_core::event::{Actor, BrokenLink, ChainVerifier, EventBody, NewEvent};
+use stead_core::ids::{RunId, SessionId, TenantId};
+use stead_core::message::Message;
+use stead_core::run::RunStatus;
+use stead_core::time::Timestamp;
+use stead_model::Providers;
+use stead_store::{AgentVersion, AppendRequest, NewSession, RunRecord, SessionRecord, Store};
+use tokio_util::sync::CancellationToken;
+
+pub use error::{Error, Result};
+pub use tools::{Tool, ToolContext, ToolOutput, ToolRegistry};
+
+/// Engine settings. Every field is a `stead serve` option.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Names this process in leases and in the `actor` of the events it writes.
+    pub worker_id: String,
+    /// How long a claim lasts without renewal; a dead worker's runs move after this.
+    pub lease: Duration,
+    /// Runs this process drives at once.
+    pub max_concurrent_runs: usize,
+    /// How often the dispatcher looks for runs whose lease expired.
+    pub poll_interval: Duration,
+    /// Largest run input, in bytes.
+    pub max_input_bytes: usize,
+    /// Tool output beyond this is cut, with an explicit, recorded marker.
+    pub max_tool_output_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            worker_id: format!("node_{}", std::process::id()),
+            lease: Duration::from_secs(30),
+            max_concurrent_runs: 512,
+            poll_interval: Duration::from_secs(1),
+            max_input_bytes: 256 * 1024,
+            max_tool_output_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A piece of model output as it streams; not stored (the recorded response is the truth).
+#[derive(Clone, Debug, Serialize)]
+pub struct Delta {
+    #[serde(skip)]
+    pub tenant_id: TenantId,
+    pub session_id: SessionId,
+    pub run_id: RunId,
+    pub step: u32,
+    pub text: String,
+}
+
+/// A tool result submitted by the client for a `requires_action` run.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolOutputInput {
+    pub call_id: String,
+    pub output: String,
+    #[serde(default)]
+    pub is_error: bool,
+}
+
+/// The result of re-verifying a session's hash chain.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditReport {
+    pub session_id: SessionId,
+    pub ok: bool,
+    pub events_verified: u64,
+    pub head_seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_broken: Option<BrokenLink>,
+}
+
+/// A cheap-to-clone handle on the engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    providers: Providers,
+    tools: ToolRegistry,
+    options: EngineOptions,
+    deltas: tokio::sync::broadcast::Sender<Delta>,
+    /// Versions are immutable, so a cache entry never goes stale.
+    agents: Mutex<HashMap<(TenantId, String, u32), Arc<AgentSpec>>>,
+    /// Runs this process is driving, so a cancel request can interrupt a model call.
+    active: Mutex<HashMap<RunId, CancellationToken>>,
+}
+
+/// How many times a command re-reads and retries after a compare-and-append conflict.
+const MAX_CAS_ATTEMPTS: u32 = 500;
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, providers: Providers, tools: ToolRegistry, options: EngineOptions) -> Self {
+        let (deltas, _) = tokio::sync::broadcast::channel(4096);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                providers,
+                tools,
+                options,
+                deltas,
+                agents: Mutex::new(HashMap::new()),
+                active: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.inner.options
+    }
+
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.inner.tools
+    }
+
+    /// Model output as it streams, for every run this process drives.
+    pub fn subscribe_deltas(&self) -> tokio::sync::broadcast::Receiver<Delta> {
+        self.inner.deltas.subscribe()
+    }
+
+    /// Runs the dispatcher until `cancel` fires. Runs in flight keep their leases, which
+    /// expire, so another process (or this one, restarted) picks them up.
+    pub async fn run(&self, cancel: CancellationToken) {
+        worker::dispatch(self.clone(), cancel).await
+    }
+
+    // ---- agents ----
+
+    /// Parses, validates and stores an agent spec as a new version (or returns the latest
+    /// version unchanged when the spec is identical).
+    pub async fn apply_agent(&self, tenant: &TenantId, text: &str, format: SpecFormat) -> Result<(AgentVersion, bool)> {
+        let spec = AgentSpec::parse(text, format)?;
+        self.check_tools(&spec)?;
+        Ok(self.inner.store.put_agent(tenant, &spec).await?)
+    }
+
+    fn check_tools(&self, spec: &AgentSpec) -> Result<()> {
+        for (i, tool) in spec.tools.iter().enumerate() {
+            if tool.kind == ToolKind::Builtin && self.inner.tools.get(&tool.name).is_none() {
+                return Err(stead_core::Error::InvalidAgentSpec(format!(
+                    "field `tools[{i}].name`: unknown builtin `{}`; available: {}",
+                    tool.name,
+                    self.inner.tools.names().join(", ")
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn agent_spec(&self, tenant: &TenantId, name: &str, version: u32) -> Result<Arc<AgentSpec>> {
+        let key = (tenant.clone(), name.to_owned(), version);
+        if let Some(spec) = self.inner.agents.lock().expect("agent cache lock").get(&key) {
+            return Ok(spec.clone());
+        }
+        let v = self.inner.store.get_agent(tenant, name, Some(version)).await?;
+        let spec = Arc::new(v.spec);
+        self.inner.agents.lock().expect("agent cache lock").insert(key, spec.clone());
+        Ok(spec)
+    }
+
+    // ---- sessions ----
+
+    pub async fn create_session(
+        &self,
+        tenant: &TenantId,
+        principal: &str,
+        agent: &str,
+        version: Option<u32>,
+        metadata: serde_json::Value,
+    ) -> Result<SessionRecord> {
+        let agent = self.inner.store.get_agent(tenant, agent, version).await?;
+        let id = SessionId::new();
+        let first_event = NewEvent {
+            run_id: None,
+            actor: Actor::principal(principal),
+            body: EventBody::SessionCreated {
+                agent: agent.name.clone(),
+                agent_version: agent.version,
+                metadata: metadata.clone(),
+            },
+        };
+        let new = NewSession {
+            tenant_id: tenant.clone(),
+            id,
+            agent: agent.name,
+            agent_version: agent.version,
+            metadata,
+            first_event,
+        };
+        Ok(self.inner.store.create_session(new).await?.0)
+    }
+
+    // ---- runs ----
+
+    /// Queues a run with `input` on the session, under the agent's concurrency policy.
+    pub async fn create_run(
+        &self,
+        tenant: &TenantId,
+        principal: &str,
+        session_id: &SessionId,
+        input: Vec<Message>,
+    ) -> Result<RunRecord> {
+        if input.is_empty() {
+            return Err(Error::InvalidInput("input must contain at least one message".into()));
+        }
+        let mut bytes = 0usize;
+        for m in &input {
+            match m {
+                Message::User { content } => bytes += content.len(),
+                _ => return Err(Error::InvalidInput("input messages must have role `user`".into())),
+            }
+        }
+        if bytes > self.inner.options.max_input_bytes {
+            return Err(Error::LimitExceeded(format!(
+                "input is {bytes} bytes; the limit is {} (max_input_bytes)",
+                self.inner.options.max_input_bytes
+            )));
+        }
+        let store = &self.inner.store;
+        let actor = Actor::principal(principal);
+        let run_id = RunId::new();
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let session = store.get_session(tenant, session_id).await?;
+            let agent = self.agent_spec(tenant, &session.agent, session.agent_version).await?;
+            let active = store.active_runs(tenant, session_id).await?;
+            let mut events = Vec::new();
+            match agent.concurrency {
+                ConcurrencyPolicy::Reject => {
+                    if let Some(r) = active.first() {
+                        return Err(Error::SessionBusy { session: *session_id, run: r.id });
+                    }
+                }
+                ConcurrencyPolicy::Enqueue => {}
+                ConcurrencyPolicy::Interrupt => {
+                    for r in &active {
+                        if r.state.cancel_requested.is_some() && r.lease.is_some() {
+                            continue; // already on its way out
+                        }
+                        events.push(NewEvent {
+                            run_id: Some(r.id),
+                            actor: actor.clone(),
+                            body: cancel_body(r, &format!("interrupted by new input (run {run_id})")),
+                        });
+                    }
+                }
+            }
+            events.push(NewEvent {
+                run_id: Some(run_id),
+                actor: actor.clone(),
+                body: EventBody::RunCreated { input: input.clone() },
+            });
+            let req = AppendRequest {
+                tenant_id: tenant.clone(),
+                session_id: *session_id,
+                expected_head: session.head_seq,
+                events,
+                fence: None,
+            };
+            match store.append(req).await {
+                Ok(_) => return Ok(store.get_run(tenant, &run_id).await?),
+                Err(stead_store::Error::Conflict { .. } | stead_store::Error::InvalidTransition { .. }) => {
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contention(session_id.to_string()))
+    }
+
+    /// Cancels a run: at once if no worker holds it, otherwise at the worker's next safe point.
+    pub async fn cancel_run(
+        &self,
+        tenant: &TenantId,
+        principal: &str,
+        run_id: &RunId,
+        reason: &str,
+    ) -> Result<RunRecord> {
+        let store = &self.inner.store;
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let run = store.get_run(tenant, run_id).await?;
+            if run.status().is_terminal() {
+                return Err(Error::RunFinished { run: *run_id, status: run.status() });
+            }
+            if run.state.cancel_requested.is_some() && run.lease.is_some() {
+                return Ok(run); // already requested; the worker will act on it
+            }
+            let session = store.get_session(tenant, &run.session_id).await?;
+            let req = AppendRequest {
+                tenant_id: tenant.clone(),
+                session_id: run.session_id,
+                expected_head: session.head_seq,
+                events: vec![NewEvent {
+                    run_id: Some(*run_id),
+                    actor: Actor::principal(principal),
+                    body: cancel_body(&run, reason),
+                }],
+                fence: None,
+            };
+            match store.append(req).await {
+                Ok(_) => return Ok(store.get_run(tenant, run_id).await?),
+                Err(stead_store::Error::Conflict { .. } | stead_store::Error::InvalidTransition { .. }) => {
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contention(run_id.to_string()))
+    }
+
+    /// Records the client's outputs for a `requires_action` run; the run then resumes on
+    /// whichever worker is free. All pending client calls must be answered at once.
+    pub async fn submit_tool_outputs(
+        &self,
+        tenant: &TenantId,
+        principal: &str,
+        run_id: &RunId,
+        outputs: Vec<ToolOutputInput>,
+    ) -> Result<RunRecord> {
+        let store = &self.inner.store;
+        let limit = self.inner.options.max_tool_output_bytes;
+        for o in &outputs {
+            if o.output.len() > limit {
+                return Err(Error::LimitExceeded(format!(
+                    "output for call {:?} is {} bytes; the limit is {limit} (max_tool_output_bytes)",
+                    o.call_id,
+                    o.output.len()
+                )));
+            }
+        }
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let run = store.get_run(tenant, run_id).await?;
+            if run.status() != RunStatus::RequiresAction {
+                return Err(Error::RunNotWaiting { run: *run_id, status: run.status() });
+            }
+            let waiting: Vec<_> = run.state.pending.iter().filter(|p| p.awaiting_client).collect();
+            let mut seen = HashSet::new();
+            let mut events = Vec::new();
+            for o in &outputs {
+                let Some(p) = waiting.iter().find(|p| p.call.id == o.call_id) else {
+                    return Err(Error::InvalidToolOutputs(format!(
+                        "call {:?} is not waiting for an output; waiting: {}",
+                        o.call_id,
+                        waiting.iter().map(|p| p.call.id.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                };
+                if !seen.insert(o.call_id.as_str()) {
+                    return Err(Error::InvalidToolOutputs(format!("call {:?} has two outputs", o.call_id)));
+                }
+                events.push(NewEvent {
+                    run_id: Some(*run_id),
+                    actor: Actor::principal(principal),
+                    body: EventBody::ToolCallCompleted {
+                        call_id: o.call_id.clone(),
+                        name: p.call.name.clone(),
+                        output: o.output.clone(),
+                        is_error: o.is_error,
+                    },
+                });
+            }
+            let missing: Vec<_> =
+                waiting.iter().filter(|p| !seen.contains(p.call.id.as_str())).map(|p| p.call.id.as_str()).collect();
+            if !missing.is_empty() {
+                return Err(Error::InvalidToolOutputs(format!("missing outputs for calls: {}", missing.join(", "))));
+            }
+            let session = store.get_session(tenant, &run.session_id).await?;
+            let req = AppendRequest {
+                tenant_id: tenant.clone(),
+                session_id: run.session_id,
+                expected_head: session.head_seq,
+                events,
+                fence: None,
+            };
+            match store.append(req).await {
+                Ok(_) => return Ok(store.get_run(tenant, run_id).await?),
+                Err(stead_store::Error::Conflict { .. }) => backoff(attempt).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contention(run_id.to_string()))
+    }
+
+    /// Waits until the run is no longer queued or running (finished, or waiting for the
+    /// client), or until `timeout`; returns its latest record either way.
+    pub async fn wait_for_run(&self, tenant: &TenantId, run_id: &RunId, timeout: Duration) -> Result<RunRecord> {
+        let mut rx = self.inner.store.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let run = self.inner.store.get_run(tenant, run_id).await?;
+            if !run.status().is_claimable() {
+                return Ok(run);
+            }
+            // Wait for a commit that touches this run (or a lag, or the deadline), then re-read.
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Err(_) => return Ok(self.inner.store.get_run(tenant, run_id).await?),
+                    Ok(Ok(c)) if c.runs.iter().any(|(id, s)| id == run_id && !s.is_claimable()) => break,
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                        return Ok(self.inner.store.get_run(tenant, run_id).await?);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- audit ----
+
+    /// Recomputes the session's hash chain from its first event and names the first broken
+    /// link; also checks that the chain ends where the session's recorded head says.
+    pub async fn verify_session(&self, tenant: &TenantId, session_id: &SessionId) -> Result<AuditReport> {
+        verify_session(self.inner.store.as_ref(), tenant, session_id).await
+    }
+
+    pub(crate) fn register_active(&self, run: RunId, token: CancellationToken) {
+        self.inner.active.lock().expect("active lock").insert(run, token);
+    }
+
+    pub(crate) fn unregister_active(&self, run: &RunId) {
+        self.inner.active.lock().expect("active lock").remove(run);
+    }
+
+    pub(crate) fn interrupt_active(&self, run: &RunId) {
+        if let Some(t) = self.inner.active.lock().expect("active lock").get(run) {
+            t.cancel();
+        }
+    }
+
+    pub(crate) fn inner_parts(&self) -> (&Arc<dyn Store>, &Providers, &ToolRegistry, &EngineOptions) {
+        (&self.inner.store, &self.inner.providers, &self.inner.tools, &self.inner.options)
+    }
+
+    pub(crate) fn publish_delta(&self, d: Delta) {
+        let _ = self.inner.deltas.send(d);
+    }
+}
+
+/// Re-verifies a session's chain against any store (the CLI uses this offline too).
+pub async fn verify_session(store: &dyn Store, tenant: &TenantId, session_id: &SessionId) -> Result<AuditReport> {
+    let session = store.get_session(tenant, session_id).await?;
+    let mut verifier = ChainVerifier::default();
+    let mut after = 0;
+    let mut first_broken = None;
+    'pages: loop {
+        let page = store.read_events(tenant, session_id, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            if let Err(b) = verifier.push(e) {
+                first_broken = Some(b);
+                break 'pages;
+            }
+        }
+    }
+    if first_broken.is_none() {
+        let head = hex_encode(&verifier.head_hash());
+        if verifier.verified != session.head_seq || head != session.head_hash {
+            first_broken = Some(BrokenLink {
+                seq: verifier.verified + 1,
+                reason: format!(
+                    "the session's recorded head is event {} but the log ends at event {} (events were removed)",
+                    session.head_seq, verifier.verified
+                ),
+            });
+        }
+    }
+    Ok(AuditReport {
+        session_id: *session_id,
+        ok: first_broken.is_none(),
+        events_verified: verifier.verified,
+        head_seq: session.head_seq,
+        first_broken,
+    })
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Cancel at once when no live worker holds the run; otherwise ask the worker.
+fn cancel_body(run: &RunRecord, reason: &str) -> EventBody {
+    let held = run.lease.as_ref().is_some_and(|l| l.expires_at > Timestamp::now());
+    if held {
+        EventBody::RunCancelRequested { reason: reason.to_owned() }
+    } else {
+        EventBody::RunCancelled { reason: reason.to_owned() }
+    }
+}
+
+/// Small, growing, jittered pause between compare-and-append attempts.
+pub(crate) async fn backoff(attempt: u32) {
+    let base = 1u64 << attempt.min(5);
+    let jitter = (uuid::Uuid::now_v7().as_u128() % 1000) as u64;
+    tokio::time::sleep(Duration::from_micros(base * 200 + jitter)).await;
+}

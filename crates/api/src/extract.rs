@@ -1,0 +1,55 @@
+//! Extractors that turn every malformed request into our error shape, and the principal.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::{ApiError, AppState, Principal};
+
+/// `axum::Json`, but rejections become `ApiError`s (stable codes, one shape).
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Json(v))
+    }
+}
+
+/// Query parameters with our error shape.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequestParts<AppState> for Query<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let axum::extract::Query(v) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Query(v))
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if !state.auth.is_enabled() {
+            return Ok(Principal { tenant: stead_core::ids::TenantId::default_tenant(), id: "local".into() });
+        }
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("send `Authorization: Bearer <api key>`"))?;
+        let key = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))?;
+        state.auth.keys.get(key.trim()).cloned().ok_or_else(|| unauthorized("unknown API key"))
+    }
+}
+
+/// Parses a typed id from a path segment, with a clear error.
+pub fn parse_id<T: std::str::FromStr<Err = stead_core::Error>>(raw: &str) -> Result<T, ApiError> {
+    raw.parse::<T>().map_err(ApiError::from)
+}

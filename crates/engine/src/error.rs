@@ -1,0 +1,32 @@
+//! The engine's error type: store and domain errors plus the command-level refusals.
+
+use stead_core::ids::{RunId, SessionId};
+use stead_core::run::RunStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] stead_store::Error),
+    #[error(transparent)]
+    Domain(#[from] stead_core::Error),
+    /// The agent's concurrency policy is `reject` and a run is active.
+    #[error("session {session} already has an active run ({run}); its agent's concurrency policy is `reject`")]
+    SessionBusy { session: SessionId, run: RunId },
+    /// Cancel of a run that already finished.
+    #[error("run {run} is already {}", status.as_str())]
+    RunFinished { run: RunId, status: RunStatus },
+    /// Tool outputs for a run that is not waiting for them.
+    #[error("run {run} is {}, not waiting for tool outputs", status.as_str())]
+    RunNotWaiting { run: RunId, status: RunStatus },
+    #[error("invalid tool outputs: {0}")]
+    InvalidToolOutputs(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// Contention did not settle within the retry budget; safe to retry.
+    #[error("too much contention on {0}; try again")]
+    Contention(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

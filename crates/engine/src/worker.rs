@@ -1,0 +1,544 @@
+//! The dispatcher, which claims runnable runs, and the run driver, which loops
+//! `decide → execute → append` for one claimed run until it finishes or must wait.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use stead_core::agent::{AgentSpec, ToolKind};
+use stead_core::context::build_context;
+use stead_core::event::{Actor, ErrorInfo, Event, EventBody, NewEvent};
+use stead_core::ids::{RunId, SessionId, TenantId};
+use stead_core::message::{Message, ToolCall, ToolDef};
+use stead_core::run::{Decision, RunState, RunStatus, ToolClass, decide, idempotency_key};
+use stead_core::time::Timestamp;
+use stead_model::{ErrorKind, ModelRequest, RetryPolicy, complete_with_retry};
+use stead_store::{AppendRequest, Claim, Committed, Fence};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::tools::{ToolContext, ToolOutput};
+use crate::{Delta, Engine, backoff, fault};
+
+/// Whether a commit may have made a run claimable: new or resumed input (`queued`), or a
+/// finished run that was blocking the next one in its session.
+fn wakes_workers(c: &Committed) -> bool {
+    c.runs.iter().any(|(_, s)| *s == RunStatus::Queued || s.is_terminal())
+}
+
+/// A cancel request for a run this process drives interrupts its current model call.
+fn forward_cancel_requests(engine: &Engine, c: &Committed) {
+    for e in c.events.iter() {
+        if let (EventBody::RunCancelRequested { .. }, Some(run)) = (&e.body, &e.run_id) {
+            engine.interrupt_active(run);
+        }
+    }
+}
+
+pub(crate) async fn dispatch(engine: Engine, cancel: CancellationToken) {
+    let (store, _, _, options) = engine.inner_parts();
+    let (store, options) = (store.clone(), options.clone());
+    let mut commits = store.subscribe();
+    let slots = Arc::new(Semaphore::new(options.max_concurrent_runs));
+    let freed = Arc::new(Notify::new());
+    tracing::info!(worker = %options.worker_id, "dispatcher started");
+    'outer: loop {
+        let free = slots.available_permits();
+        if free > 0 {
+            match store.claim_runs(&options.worker_id, options.lease, free).await {
+                Ok(claims) => {
+                    let full = claims.len() == free;
+                    for claim in claims {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else { break };
+                        let (engine, freed) = (engine.clone(), freed.clone());
+                        tokio::spawn(async move {
+                            drive(engine, claim).await;
+                            drop(permit);
+                            freed.notify_one();
+                        });
+                    }
+                    if full {
+                        continue; // there may be more waiting
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "claiming runs failed; retrying after the poll interval"),
+            }
+        }
+        // Sleep until something may have become claimable.
+        let poll_at = tokio::time::Instant::now() + options.poll_interval;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break 'outer,
+                _ = tokio::time::sleep_until(poll_at) => break,
+                _ = freed.notified() => break,
+                r = commits.recv() => match r {
+                    Ok(c) => {
+                        forward_cancel_requests(&engine, &c);
+                        if wakes_workers(&c) { break }
+                    }
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => break 'outer,
+                }
+            }
+        }
+        // Coalesce a burst of commits into one claim.
+        loop {
+            match commits.try_recv() {
+                Ok(c) => forward_cancel_requests(&engine, &c),
+                Err(TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    tracing::info!("dispatcher stopped");
+}
+
+/// Why a driver stopped before its run finished or started waiting.
+#[derive(Debug)]
+enum Stop {
+    /// Another worker holds the run now.
+    LeaseLost,
+    /// Someone else finished the run (e.g. cancelled it while nobody held it).
+    Finished,
+    Store(stead_store::Error),
+}
+
+async fn drive(engine: Engine, claim: Claim) {
+    let run_id = claim.run.id;
+    let token = claim.token;
+    let cancel = CancellationToken::new();
+    let lost = Arc::new(AtomicBool::new(false));
+    engine.register_active(run_id, cancel.clone());
+    let keeper = tokio::spawn(keep_lease(engine.clone(), run_id, token, cancel.clone(), lost.clone()));
+    let outcome = match RunDriver::start(engine.clone(), claim, cancel, lost).await {
+        Ok(mut driver) => driver.drive().await,
+        Err(stop) => Err(stop),
+    };
+    keeper.abort();
+    engine.unregister_active(&run_id);
+    match outcome {
+        Ok(()) | Err(Stop::Finished) => {}
+        Err(Stop::LeaseLost) => tracing::warn!(run = %run_id, "lease lost; another worker continues this run"),
+        Err(Stop::Store(e)) => {
+            tracing::error!(run = %run_id, error = %e, "run stopped on a storage error; it resumes when its lease expires")
+        }
+    }
+}
+
+/// Renews the lease while the run is driven; a refused renewal means another worker took
+/// the run over, so this one must stop writing.
+async fn keep_lease(engine: Engine, run: RunId, token: u64, cancel: CancellationToken, lost: Arc<AtomicBool>) {
+    let (store, _, _, options) = engine.inner_parts();
+    let every = options.lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        match store.renew_lease(&run, token, options.lease).await {
+            Ok(()) => {}
+            Err(stead_store::Error::Fenced { .. } | stead_store::Error::NotFound { .. }) => {
+                lost.store(true, Ordering::SeqCst);
+                cancel.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(run = %run, error = %e, "lease renewal failed; will retry"),
+        }
+    }
+}
+
+struct RunDriver {
+    engine: Engine,
+    tenant: TenantId,
+    session_id: SessionId,
+    run_id: RunId,
+    token: u64,
+    agent: Arc<AgentSpec>,
+    tool_defs: Vec<ToolDef>,
+    state: RunState,
+    head: u64,
+    /// The recent conversation as the model may see it (bounded).
+    history: Vec<Message>,
+    actor: Actor,
+    cancel: CancellationToken,
+    lost: Arc<AtomicBool>,
+}
+
+impl RunDriver {
+    async fn start(
+        engine: Engine,
+        claim: Claim,
+        cancel: CancellationToken,
+        lost: Arc<AtomicBool>,
+    ) -> Result<Self, Stop> {
+        let tenant = claim.session.tenant_id.clone();
+        let session_id = claim.session.id;
+        let agent = engine
+            .agent_spec(&tenant, &claim.session.agent, claim.session.agent_version)
+            .await
+            .map_err(|e| Stop::Store(stead_store::Error::Backend(e.to_string())))?;
+        let (store, _, tools, options) = engine.inner_parts();
+        let window = store
+            .read_message_window(&tenant, &session_id, claim.session.head_seq, agent.context.max_messages)
+            .await
+            .map_err(Stop::Store)?;
+        let tool_defs = agent
+            .tools
+            .iter()
+            .map(|t| {
+                let builtin = (t.kind == ToolKind::Builtin).then(|| tools.get(&t.name)).flatten().map(|b| b.def());
+                ToolDef {
+                    name: t.name.clone(),
+                    description: t
+                        .description
+                        .clone()
+                        .or_else(|| builtin.as_ref().map(|b| b.description.clone()))
+                        .unwrap_or_default(),
+                    parameters: t
+                        .parameters
+                        .clone()
+                        .or_else(|| builtin.map(|b| b.parameters))
+                        .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+                }
+            })
+            .collect();
+        let actor = Actor::worker(&options.worker_id);
+        let mut driver = RunDriver {
+            tenant,
+            session_id,
+            run_id: claim.run.id,
+            token: claim.token,
+            tool_defs,
+            state: claim.run.state,
+            head: claim.session.head_seq,
+            history: Vec::new(),
+            actor,
+            cancel,
+            lost,
+            agent,
+            engine,
+        };
+        for e in &window {
+            driver.remember(e);
+        }
+        Ok(driver)
+    }
+
+    fn classify(&self, name: &str) -> ToolClass {
+        match self.agent.tool(name) {
+            Some(t) if t.kind == ToolKind::Client => ToolClass::Client,
+            Some(t) => {
+                let (_, _, tools, _) = self.engine.inner_parts();
+                let declared = tools.get(&t.name).map(|b| b.idempotent()).unwrap_or(false);
+                ToolClass::Server { idempotent: t.idempotent.unwrap_or(declared) }
+            }
+            None => ToolClass::Unknown,
+        }
+    }
+
+    fn decide(&self, state: &RunState) -> Decision {
+        decide(&self.agent, state, Timestamp::now(), &|n| self.classify(n))
+    }
+
+    async fn drive(&mut self) -> Result<(), Stop> {
+        loop {
+            if self.lost.load(Ordering::SeqCst) {
+                return Err(Stop::LeaseLost);
+            }
+            match self.decide(&self.state) {
+                Decision::Idle => return Ok(()),
+                Decision::CallModel { step } => self.call_model(step).await?,
+                Decision::RunTools { calls, to_start } => self.run_tools(calls, to_start).await?,
+                Decision::AwaitClient { calls } => {
+                    self.commit(vec![EventBody::RunRequiresAction { tool_calls: calls }]).await?
+                }
+                Decision::Finish { output } => self.commit(vec![EventBody::RunCompleted { output }]).await?,
+                Decision::Fail(error) => self.commit(vec![EventBody::RunFailed { error }]).await?,
+                Decision::Cancel { reason } => self.commit(vec![EventBody::RunCancelled { reason }]).await?,
+            }
+        }
+    }
+
+    async fn call_model(&mut self, step: u32) -> Result<(), Stop> {
+        fault::point(fault::BEFORE_MODEL_CALL, &self.run_id).await;
+        let (_, providers, _, _) = self.engine.inner_parts();
+        let provider = match providers.for_spec(&self.agent.model) {
+            Ok(p) => p,
+            Err(e) => {
+                let error = ErrorInfo::new(e.code(), format!("model provider is misconfigured: {e}"));
+                return self.commit(vec![EventBody::RunFailed { error }]).await;
+            }
+        };
+        let model = &self.agent.model;
+        let request = ModelRequest {
+            model: model.name.clone(),
+            messages: build_context(&self.agent.instructions, &self.history, &self.agent.context),
+            tools: self.tool_defs.clone(),
+            temperature: model.temperature,
+            max_tokens: model.max_tokens,
+            stream: model.stream,
+        };
+        let policy = RetryPolicy {
+            max_retries: model.max_retries,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(20),
+        };
+        let engine = self.engine.clone();
+        let (tenant, session_id, run_id) = (self.tenant.clone(), self.session_id, self.run_id);
+        let on_delta = move |text: &str| {
+            engine.publish_delta(Delta { tenant_id: tenant.clone(), session_id, run_id, step, text: text.to_owned() })
+        };
+        let on_retry = |attempt: u32, e: &stead_model::Error| {
+            tracing::warn!(run = %run_id, attempt, error = %e, "model call failed; retrying");
+        };
+        let deadline = self.state.created_at.plus(Duration::from_secs(self.agent.limits.max_wall_time_secs));
+        let remaining = Duration::from_millis((deadline.millis() - Timestamp::now().millis()).max(0) as u64);
+        let result = tokio::select! {
+            r = complete_with_retry(provider.as_ref(), &request, &policy, &self.cancel, &on_delta, &on_retry) => r,
+            // `decide` turns an exceeded deadline into a failed run on the next turn.
+            _ = tokio::time::sleep(remaining) => return Ok(()),
+        };
+        match result {
+            Ok(resp) => {
+                let body = EventBody::ModelResponded {
+                    step,
+                    model: resp.model,
+                    content: resp.content,
+                    tool_calls: resp.tool_calls,
+                    usage: resp.usage,
+                    finish_reason: resp.finish_reason,
+                };
+                // Record the intent for the tools this response asks for in the same commit:
+                // intent is durable before the effect, at the cost of no extra fsync.
+                let mut tentative = self.state.clone();
+                let mut bodies = vec![body.clone()];
+                if tentative.apply(Timestamp::now(), &body).is_ok()
+                    && let Decision::RunTools { to_start, .. } = self.decide(&tentative)
+                {
+                    bodies.extend(self.start_bodies(step, &to_start));
+                }
+                self.commit(bodies).await?;
+                fault::point(fault::AFTER_MODEL_RECORDED, &self.run_id).await;
+                Ok(())
+            }
+            Err(e) if e.kind == ErrorKind::Cancelled => {
+                if self.lost.load(Ordering::SeqCst) {
+                    return Err(Stop::LeaseLost);
+                }
+                // A cancel request was committed; read it so `decide` sees it.
+                self.refresh().await
+            }
+            Err(e) => {
+                let error = ErrorInfo::new(e.code(), format!("model call failed: {e}"));
+                self.commit(vec![EventBody::RunFailed { error }]).await
+            }
+        }
+    }
+
+    fn start_bodies(&self, step: u32, calls: &[ToolCall]) -> Vec<EventBody> {
+        calls
+            .iter()
+            .map(|c| EventBody::ToolCallStarted {
+                call_id: c.id.clone(),
+                name: c.name.clone(),
+                idempotency_key: idempotency_key(&self.session_id, &self.run_id, step, &c.id),
+            })
+            .collect()
+    }
+
+    async fn run_tools(&mut self, calls: Vec<ToolCall>, to_start: Vec<ToolCall>) -> Result<(), Stop> {
+        if !to_start.is_empty() {
+            let bodies = self.start_bodies(self.state.steps, &to_start);
+            self.commit(bodies).await?;
+        }
+        fault::point(fault::TOOL_STARTED, &self.run_id).await;
+        let runs = calls.iter().map(|call| {
+            let key = self
+                .state
+                .pending
+                .iter()
+                .find(|p| p.call.id == call.id)
+                .and_then(|p| p.idempotency_key.clone())
+                .unwrap_or_default();
+            self.execute_tool(call, key)
+        });
+        let outputs = futures_util::future::join_all(runs).await;
+        fault::point(fault::BEFORE_TOOL_RECORDED, &self.run_id).await;
+        let bodies = calls
+            .into_iter()
+            .zip(outputs)
+            .map(|(call, out)| EventBody::ToolCallCompleted {
+                call_id: call.id,
+                name: call.name,
+                output: out.content,
+                is_error: out.is_error,
+            })
+            .collect();
+        self.commit(bodies).await
+    }
+
+    async fn execute_tool(&self, call: &ToolCall, idempotency_key: String) -> ToolOutput {
+        let (_, _, tools, options) = self.engine.inner_parts();
+        let spec = self.agent.tool(&call.name);
+        let Some(tool) = spec.filter(|s| s.kind == ToolKind::Builtin).and_then(|_| tools.get(&call.name)) else {
+            let names: Vec<_> = self.agent.tools.iter().map(|t| t.name.as_str()).collect();
+            return ToolOutput::error(format!(
+                "unknown tool `{}`; this agent's tools are: {}",
+                call.name,
+                if names.is_empty() { "(none)".to_owned() } else { names.join(", ") }
+            ));
+        };
+        let raw = if call.arguments.trim().is_empty() { "{}" } else { call.arguments.as_str() };
+        let args: serde_json::Value = match serde_json::from_str(raw) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            Ok(_) => return ToolOutput::error("tool arguments must be a JSON object"),
+            Err(e) => return ToolOutput::error(format!("tool arguments are not valid JSON: {e}")),
+        };
+        let ctx = ToolContext {
+            tenant_id: self.tenant.clone(),
+            session_id: self.session_id,
+            run_id: self.run_id,
+            idempotency_key,
+        };
+        let timeout = Duration::from_secs(spec.map_or(60, |s| s.timeout_secs));
+        let out = match tokio::time::timeout(timeout, tool.call(args, &ctx)).await {
+            Ok(out) => out,
+            Err(_) => ToolOutput::error(format!("tool `{}` timed out after {}s", call.name, timeout.as_secs())),
+        };
+        truncate_output(out, options.max_tool_output_bytes)
+    }
+
+    /// Compare-and-append with the run's fence. A conflict (someone else appended to the
+    /// session, e.g. new input or a cancel request) is read and folded, then the same events
+    /// are tried again: what was done must be recorded, never dropped.
+    async fn commit(&mut self, bodies: Vec<EventBody>) -> Result<(), Stop> {
+        let (store, _, _, options) = self.engine.inner_parts();
+        let store = store.clone();
+        let lease = options.lease;
+        let mut transient = 0u32;
+        for attempt in 0u32.. {
+            let req = AppendRequest {
+                tenant_id: self.tenant.clone(),
+                session_id: self.session_id,
+                expected_head: self.head,
+                events: bodies
+                    .iter()
+                    .map(|b| NewEvent { run_id: Some(self.run_id), actor: self.actor.clone(), body: b.clone() })
+                    .collect(),
+                fence: Some(Fence { run_id: self.run_id, token: self.token, extend_lease: lease }),
+            };
+            match store.append(req).await {
+                Ok(events) => {
+                    for e in &events {
+                        self.absorb(e);
+                    }
+                    return Ok(());
+                }
+                Err(stead_store::Error::Conflict { .. }) => {
+                    self.refresh().await?;
+                    if self.state.status.is_terminal() {
+                        return Err(Stop::Finished);
+                    }
+                    if attempt > 0 {
+                        backoff(attempt.min(8)).await;
+                    }
+                }
+                Err(stead_store::Error::Fenced { .. }) => return Err(Stop::LeaseLost),
+                Err(e @ stead_store::Error::InvalidTransition { .. }) => {
+                    self.refresh().await?;
+                    return Err(if self.state.status.is_terminal() { Stop::Finished } else { Stop::Store(e) });
+                }
+                Err(e @ (stead_store::Error::Unavailable(_) | stead_store::Error::Backend(_))) if transient < 5 => {
+                    transient += 1;
+                    tracing::warn!(run = %self.run_id, error = %e, "append failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << transient)).await;
+                }
+                Err(stead_store::Error::LimitExceeded(msg)) if !bodies.iter().any(is_terminal_body) => {
+                    // Nothing was written; end the run with the reason instead of looping.
+                    let error = ErrorInfo::new("limit_exceeded", msg);
+                    return Box::pin(self.commit(vec![EventBody::RunFailed { error }])).await;
+                }
+                Err(e) => return Err(Stop::Store(e)),
+            }
+        }
+        unreachable!("the loop above only exits by returning")
+    }
+
+    /// Reads what others appended since our head and folds it in.
+    async fn refresh(&mut self) -> Result<(), Stop> {
+        let (store, _, _, _) = self.engine.inner_parts();
+        let store = store.clone();
+        loop {
+            let page = store.read_events(&self.tenant, &self.session_id, self.head, 500).await.map_err(Stop::Store)?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for e in &page {
+                self.absorb(e);
+            }
+        }
+    }
+
+    /// Folds one committed event into the driver's view.
+    fn absorb(&mut self, e: &Event) {
+        if e.run_id == Some(self.run_id)
+            && !matches!(e.body, EventBody::RunCreated { .. })
+            && let Err(reason) = self.state.apply(e.at, &e.body)
+        {
+            tracing::error!(run = %self.run_id, seq = e.seq, %reason, "committed event does not fit the run state");
+        }
+        self.remember(e);
+        self.head = self.head.max(e.seq);
+    }
+
+    /// Adds an event's messages to the history the model sees. Input of runs queued after
+    /// this one is not part of this run's conversation.
+    fn remember(&mut self, e: &Event) {
+        if !e.body.is_message() {
+            return;
+        }
+        if matches!(e.body, EventBody::RunCreated { .. })
+            && e.run_id != Some(self.run_id)
+            && e.seq > self.state.created_seq
+        {
+            return;
+        }
+        self.history.extend(e.body.messages());
+        let cap = 2 * self.agent.context.max_messages as usize;
+        if self.history.len() > cap {
+            self.history.drain(..self.history.len() - cap / 2);
+        }
+    }
+}
+
+fn is_terminal_body(b: &EventBody) -> bool {
+    matches!(b, EventBody::RunCompleted { .. } | EventBody::RunFailed { .. } | EventBody::RunCancelled { .. })
+}
+
+/// Cuts output over the limit at a character boundary and says so in the output itself.
+fn truncate_output(mut out: ToolOutput, max: usize) -> ToolOutput {
+    if out.content.len() > max {
+        let total = out.content.len();
+        let mut cut = max;
+        while !out.content.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.content.truncate(cut);
+        out.content.push_str(&format!(
+            "\n[stead: output truncated: {cut} of {total} bytes shown (max_tool_output_bytes = {max})]"
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_is_explicit_and_respects_utf8() {
+        let out = truncate_output(ToolOutput::ok("héllo wörld".repeat(10)), 7);
+        assert!(out.content.starts_with("héllo"));
+        assert!(out.content.contains("output truncated"), "{}", out.content);
+        let small = truncate_output(ToolOutput::ok("fine"), 7);
+        assert_eq!(small.content, "fine");
+    }
+}
