@@ -220,3 +220,6 @@ pub trait Store: Send + Sync + 'static {
     /// Commits as they happen. A slow receiver may lag; it then re-reads from the store.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Committed>;
 }
+
+#[cfg(feature = "conformance")]
+pub mod conformance;

@@ -1,0 +1,388 @@
+//! The OpenAI-compatible provider: HTTP, status and transport errors, timeouts and streaming.
+//! The wire format itself lives in `openai_wire`; the API key never reaches a log or an error.
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+
+use crate::openai_wire::{StreamAccumulator, error_message, parse_response, request_body};
+use crate::sse::SseDecoder;
+use crate::{Error, ErrorKind, ModelProvider, ModelRequest, ModelResponse};
+
+/// A complete response body larger than this is refused rather than buffered.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Error bodies are only read this far: we want the message, not a megabyte of HTML.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Server messages quoted in our errors are cut to this many characters.
+const MAX_QUOTED_CHARS: usize = 500;
+
+/// Builds the HTTP client all OpenAI providers share (one connection pool).
+///
+/// reqwest is built with `rustls-no-provider` to avoid compiling aws-lc; `ring` is installed as
+/// the process-wide rustls provider first, unless someone installed one already.
+pub fn http_client() -> Result<reqwest::Client, Error> {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        // A redirect would either turn our POST into a GET or carry the key to another host;
+        // the operator should configure the final URL instead.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("stead/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Config, format!("cannot build the HTTP client: {e}")))
+}
+
+/// Connection details shared by every provider for one (base URL, key) pair.
+struct Endpoint {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    auth: Option<HeaderValue>,
+    /// Kept only to scrub it from anything a server echoes back.
+    key: Option<String>,
+}
+
+/// A client of one OpenAI-compatible server. Cloning is cheap and shares the connection pool.
+#[derive(Clone)]
+pub struct OpenAiProvider {
+    endpoint: Arc<Endpoint>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for OpenAiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiProvider")
+            .field("url", &self.endpoint.url.as_str())
+            .field("has_key", &self.endpoint.key.is_some())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl OpenAiProvider {
+    /// `base_url` is the API root (e.g. `https://api.openai.com/v1`); requests go to
+    /// `{base_url}/chat/completions`. `timeout` bounds each request (see `complete`).
+    pub fn new(http: reqwest::Client, base_url: &str, api_key: Option<&str>, timeout: Duration) -> Result<Self, Error> {
+        let base = base_url.trim().trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("model base URL `{base}` must start with http:// or https://"),
+            ));
+        }
+        let url = reqwest::Url::parse(&format!("{base}/chat/completions"))
+            .map_err(|e| Error::new(ErrorKind::Config, format!("model base URL `{base}` is invalid: {e}")))?;
+        let key = api_key.filter(|k| !k.is_empty()).map(str::to_owned);
+        let auth = match &key {
+            Some(k) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {k}")).map_err(|_| {
+                    Error::new(ErrorKind::Config, "the model API key contains characters not allowed in a header")
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(Self { endpoint: Arc::new(Endpoint { http, url, auth, key }), timeout })
+    }
+
+    /// The same server and connection pool with another per-request timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self { endpoint: self.endpoint.clone(), timeout }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The full chat-completions URL.
+    pub fn url(&self) -> &str {
+        self.endpoint.url.as_str()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn same_endpoint(&self, other: &OpenAiProvider) -> bool {
+        Arc::ptr_eq(&self.endpoint, &other.endpoint)
+    }
+
+    /// Replaces the key wherever a server echoed it.
+    fn scrub(&self, text: String) -> String {
+        match &self.endpoint.key {
+            Some(k) if text.contains(k.as_str()) => text.replace(k.as_str(), "[redacted]"),
+            _ => text,
+        }
+    }
+
+    fn scrubbed(&self, mut err: Error) -> Error {
+        err.message = self.scrub(err.message);
+        err
+    }
+
+    async fn send(&self, req: &ModelRequest) -> Result<reqwest::Response, Error> {
+        let body = serde_json::to_vec(&request_body(req))
+            .map_err(|e| Error::new(ErrorKind::Config, format!("cannot encode the model request: {e}")))?;
+        let mut builder =
+            self.endpoint.http.post(self.endpoint.url.clone()).header(CONTENT_TYPE, "application/json").body(body);
+        if let Some(auth) = &self.endpoint.auth {
+            builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+        if req.stream {
+            builder = builder.header(reqwest::header::ACCEPT, "text/event-stream");
+        }
+        let resp = builder.send().await.map_err(|e| transport_error(&e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let headers = resp.headers().clone();
+        let body = read_limited(resp, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
+        Err(status_error(status.as_u16(), &headers, &body))
+    }
+
+    async fn complete_inner(
+        &self,
+        req: &ModelRequest,
+        on_delta: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<ModelResponse, Error> {
+        if !req.stream {
+            // One deadline covers connecting, waiting and reading the whole body.
+            return tokio::time::timeout(self.timeout, async {
+                let resp = self.send(req).await?;
+                let body = read_limited(resp, MAX_BODY_BYTES).await?;
+                parse_response(&body, &req.model)
+            })
+            .await
+            .unwrap_or_else(|_| Err(self.timed_out()));
+        }
+
+        // Streaming: the deadline covers the response headers, and then each gap between
+        // chunks, so a long but steady generation is not cut off.
+        let mut resp = tokio::time::timeout(self.timeout, self.send(req)).await.map_err(|_| self.timed_out())??;
+        if !is_event_stream(resp.headers()) {
+            // Some servers ignore `stream: true` and answer with one JSON body.
+            let body = tokio::time::timeout(self.timeout, read_limited(resp, MAX_BODY_BYTES))
+                .await
+                .map_err(|_| self.timed_out())??;
+            let r = parse_response(&body, &req.model)?;
+            if let Some(c) = &r.content {
+                on_delta(c);
+            }
+            return Ok(r);
+        }
+        let mut decoder = SseDecoder::default();
+        let mut acc = StreamAccumulator::default();
+        let handle = |acc: &mut StreamAccumulator, events: Vec<Vec<String>>| -> Result<(), Error> {
+            for lines in events {
+                if acc.done() {
+                    break;
+                }
+                if let Some(delta) = acc.event(&lines)? {
+                    on_delta(&delta);
+                }
+            }
+            Ok(())
+        };
+        loop {
+            let chunk = tokio::time::timeout(self.timeout, resp.chunk()).await.map_err(|_| self.timed_out())?;
+            match chunk {
+                Ok(Some(bytes)) => handle(&mut acc, decoder.push(&bytes)?)?,
+                Ok(None) => {
+                    handle(&mut acc, decoder.finish()?)?;
+                    break;
+                }
+                Err(e) if e.is_timeout() => return Err(self.timed_out()),
+                // The connection broke mid-body: whatever we have is incomplete.
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::StreamCut,
+                        format!("model stream broke off: {}", error_chain(&e)),
+                    ));
+                }
+            }
+            if acc.done() {
+                // Nothing after `[DONE]` matters; dropping the response releases the connection.
+                break;
+            }
+        }
+        acc.finish(&req.model)
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::new(ErrorKind::Timeout, format!("model call timed out after {}s", self.timeout.as_secs_f64()))
+    }
+}
+
+#[async_trait]
+impl ModelProvider for OpenAiProvider {
+    /// Non-streaming calls must finish within the timeout; streaming calls must start within
+    /// it and never pause longer than it between chunks.
+    async fn complete(
+        &self,
+        req: &ModelRequest,
+        on_delta: &(dyn for<'s> Fn(&'s str) + Send + Sync),
+    ) -> Result<ModelResponse, Error> {
+        tracing::debug!(url = %self.endpoint.url, model = %req.model, stream = req.stream, "model call");
+        self.complete_inner(req, on_delta).await.map_err(|e| self.scrubbed(e))
+    }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| !ct.trim_start().to_ascii_lowercase().starts_with("application/json"))
+}
+
+/// Reads a body up to `limit` bytes; beyond that it is refused (errors) or cut (error bodies).
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(bytes)) => {
+                if out.len() + bytes.len() > limit {
+                    if limit == MAX_ERROR_BODY_BYTES {
+                        out.extend_from_slice(&bytes[..limit - out.len()]);
+                        return Ok(out);
+                    }
+                    return Err(Error::new(ErrorKind::Malformed, "model response body is too large"));
+                }
+                out.extend_from_slice(&bytes);
+            }
+            Ok(None) => return Ok(out),
+            Err(e) if e.is_timeout() => return Err(Error::new(ErrorKind::Timeout, "model call timed out")),
+            Err(e) => {
+                return Err(Error::new(ErrorKind::StreamCut, format!("model response broke off: {}", error_chain(&e))));
+            }
+        }
+    }
+}
+
+fn transport_error(e: &reqwest::Error) -> Error {
+    let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Transport };
+    Error::new(kind, format!("cannot reach the model server: {}", error_chain(e)))
+}
+
+/// reqwest's own message is generic ("error sending request"); the cause is in the chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        // Wrappers often repeat their cause's text; say each thing once.
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Maps a non-success HTTP status to an error kind, quoting the server's own message.
+pub(crate) fn status_error(status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
+    let kind = match status {
+        401 | 403 => ErrorKind::Auth,
+        408 => ErrorKind::Timeout,
+        409 | 429 => ErrorKind::RateLimited,
+        300..=399 => ErrorKind::Config,
+        400..=499 => ErrorKind::BadRequest,
+        _ => ErrorKind::Server,
+    };
+    let detail = server_message(body);
+    let reason = reqwest::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    let mut message = format!("model server returned {status} {reason}").trim_end().to_owned();
+    if kind == ErrorKind::Config {
+        let to = headers.get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("elsewhere");
+        message.push_str(&format!(" (redirect to {to}); configure the final base URL"));
+    } else if !detail.is_empty() {
+        message.push_str(": ");
+        message.push_str(&detail);
+    }
+    Error::new(kind, message).with_status(status).with_retry_after(retry_after(headers))
+}
+
+fn server_message(body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => error_message(&v),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    let text = text.trim();
+    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// `retry-after-ms` (OpenAI) or `Retry-After` in seconds. HTTP dates are not worth a date
+/// parser here: without a value, backoff applies.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0) {
+        return Some(Duration::from_secs_f64((ms / 1000.0).min(86_400.0)));
+    }
+    get("retry-after")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        let cases = [
+            (400, ErrorKind::BadRequest),
+            (401, ErrorKind::Auth),
+            (403, ErrorKind::Auth),
+            (404, ErrorKind::BadRequest),
+            (408, ErrorKind::Timeout),
+            (409, ErrorKind::RateLimited),
+            (422, ErrorKind::BadRequest),
+            (429, ErrorKind::RateLimited),
+            (500, ErrorKind::Server),
+            (503, ErrorKind::Server),
+            (302, ErrorKind::Config),
+        ];
+        for (status, kind) in cases {
+            let e = status_error(status, &HeaderMap::new(), b"");
+            assert_eq!(e.kind, kind, "{status}");
+            assert_eq!(e.status, Some(status));
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(retry_after(&headers(&[("retry-after", "3")])), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(&headers(&[("retry-after", "0.5")])), Some(Duration::from_millis(500)));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after-ms", "250"), ("retry-after", "9")])),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")])), None);
+        assert_eq!(retry_after(&headers(&[("retry-after", "-1")])), None);
+    }
+
+    #[test]
+    fn server_message_is_quoted_and_cut() {
+        let e =
+            status_error(400, &HeaderMap::new(), br#"{"error":{"message":"model `x` not found","type":"invalid"}}"#);
+        assert_eq!(e.message, "model server returned 400 Bad Request: model `x` not found");
+        let long = "é".repeat(2000);
+        let e = status_error(500, &HeaderMap::new(), long.as_bytes());
+        assert!(e.message.chars().count() < 600);
+    }
+}

@@ -1,0 +1,193 @@
+//! The provider registry: turns an agent's `ModelSpec` into a ready provider, resolving base
+//! URL and key from the spec, then the environment, and reusing one client per endpoint.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stead_core::agent::{ModelSpec, Provider};
+
+use crate::openai::{OpenAiProvider, http_client};
+use crate::scripted::ScriptedModel;
+use crate::{Error, ErrorKind, ModelProvider};
+
+pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Server-wide fallbacks for specs that do not name a base URL or key variable.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ProviderDefaults {
+    pub openai_base_url: Option<String>,
+    pub openai_api_key: Option<String>,
+}
+
+impl std::fmt::Debug for ProviderDefaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderDefaults")
+            .field("openai_base_url", &self.openai_base_url)
+            .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl ProviderDefaults {
+    /// From `OPENAI_BASE_URL` and `OPENAI_API_KEY`; empty values count as unset.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self { openai_base_url: var("OPENAI_BASE_URL"), openai_api_key: var("OPENAI_API_KEY") }
+    }
+}
+
+/// Builds providers for specs. Cloning is cheap; clones share clients and connections.
+#[derive(Clone, Debug)]
+pub struct Providers {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    defaults: ProviderDefaults,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Built on first use, so a server that only runs scripted agents never sets up TLS.
+    http: Option<reqwest::Client>,
+    /// One client per (base URL, key): the same server with another key is another account.
+    openai: HashMap<(String, Option<String>), OpenAiProvider>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("openai_clients", &self.openai.len()).finish()
+    }
+}
+
+impl Providers {
+    pub fn new(defaults: ProviderDefaults) -> Self {
+        Self { inner: Arc::new(Inner { defaults, state: Mutex::new(State::default()) }) }
+    }
+
+    pub fn defaults(&self) -> &ProviderDefaults {
+        &self.inner.defaults
+    }
+
+    /// The provider for `spec`. Errors are `Config` errors (bad base URL, key variable unset).
+    pub fn for_spec(&self, spec: &ModelSpec) -> Result<Arc<dyn ModelProvider>, Error> {
+        match spec.provider {
+            Provider::Scripted => Ok(Arc::new(ScriptedModel::new(spec.chunk_delay_ms))),
+            Provider::Openai => Ok(Arc::new(self.openai(spec)?)),
+        }
+    }
+
+    /// The OpenAI-compatible provider for `spec`, with its timeout.
+    pub fn openai(&self, spec: &ModelSpec) -> Result<OpenAiProvider, Error> {
+        let defaults = &self.inner.defaults;
+        let base_url = spec
+            .base_url
+            .as_deref()
+            .or(defaults.openai_base_url.as_deref())
+            .unwrap_or(DEFAULT_OPENAI_BASE_URL)
+            .trim()
+            .trim_end_matches('/')
+            .to_owned();
+        let key = match &spec.api_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        format!("environment variable `{var}` (model.api_key_env) is not set"),
+                    ));
+                }
+            },
+            None => defaults.openai_api_key.clone(),
+        };
+        let timeout = Duration::from_secs(spec.timeout_secs.max(1));
+        // A poisoned lock only means another thread panicked mid-insert; the map is still usable.
+        let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let cache_key = (base_url, key);
+        if let Some(p) = state.openai.get(&cache_key) {
+            return Ok(p.with_timeout(timeout));
+        }
+        let http = match &state.http {
+            Some(h) => h.clone(),
+            None => {
+                let h = http_client()?;
+                state.http = Some(h.clone());
+                h
+            }
+        };
+        let provider = OpenAiProvider::new(http, &cache_key.0, cache_key.1.as_deref(), timeout)?;
+        state.openai.insert(cache_key, provider.clone());
+        Ok(provider)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(provider: Provider) -> ModelSpec {
+        ModelSpec {
+            provider,
+            name: "m".into(),
+            base_url: None,
+            api_key_env: None,
+            temperature: None,
+            max_tokens: None,
+            stream: true,
+            timeout_secs: 7,
+            max_retries: 3,
+            chunk_delay_ms: 0,
+        }
+    }
+
+    #[test]
+    fn base_url_resolution_and_caching() {
+        let providers = Providers::new(ProviderDefaults::default());
+        let a = providers.openai(&spec(Provider::Openai)).unwrap();
+        assert_eq!(a.url(), "https://api.openai.com/v1/chat/completions");
+        assert_eq!(a.timeout(), Duration::from_secs(7));
+
+        let with_defaults = Providers::new(ProviderDefaults {
+            openai_base_url: Some("http://127.0.0.1:11434/v1/".into()),
+            openai_api_key: None,
+        });
+        let b = with_defaults.openai(&spec(Provider::Openai)).unwrap();
+        assert_eq!(b.url(), "http://127.0.0.1:11434/v1/chat/completions");
+
+        let mut s = spec(Provider::Openai);
+        s.base_url = Some("http://localhost:8000/v1".into());
+        s.timeout_secs = 3;
+        let c1 = with_defaults.openai(&s).unwrap();
+        let c2 = with_defaults.clone().openai(&s).unwrap();
+        assert_eq!(c1.url(), "http://localhost:8000/v1/chat/completions");
+        assert!(c1.same_endpoint(&c2), "one client per (base_url, key)");
+        assert!(!c1.same_endpoint(&b));
+        assert_eq!(c2.timeout(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn missing_key_variable_is_a_config_error_naming_it() {
+        let mut s = spec(Provider::Openai);
+        s.api_key_env = Some("STEAD_TEST_SURELY_UNSET_KEY_VAR".into());
+        let err = Providers::new(ProviderDefaults::default()).for_spec(&s).err().unwrap();
+        assert_eq!(err.kind, ErrorKind::Config);
+        assert!(err.message.contains("STEAD_TEST_SURELY_UNSET_KEY_VAR"), "{err}");
+    }
+
+    #[test]
+    fn bad_base_url_is_config_error() {
+        let mut s = spec(Provider::Openai);
+        s.base_url = Some("ftp://x".into());
+        let err = Providers::new(ProviderDefaults::default()).for_spec(&s).err().unwrap();
+        assert_eq!(err.kind, ErrorKind::Config);
+    }
+
+    #[test]
+    fn defaults_debug_hides_the_key() {
+        let d = ProviderDefaults { openai_base_url: None, openai_api_key: Some("sk-secret".into()) };
+        assert!(!format!("{d:?}").contains("sk-secret"));
+    }
+}

@@ -1,0 +1,219 @@
+//! `stead serve` options. Every option is a flag, a `STEAD_*` environment variable and a key
+//! of the TOML config file (`--config`); flags and env vars win over the file, the file over
+//! the defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML file with any of the options below (keys use underscores: `data_dir = "..."`).
+    #[arg(long, env = "STEAD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8787]. Port 0 picks a free port.
+    #[arg(long, env = "STEAD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Where the embedded database lives [default: ./stead-data].
+    #[arg(long, env = "STEAD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `full` (fsync every commit group), `normal` or `off` [default: full].
+    #[arg(long, env = "STEAD_DURABILITY")]
+    pub durability: Option<String>,
+    /// API key as `TENANT:KEY` (repeat, or comma-separate in the env var). Without any, the
+    /// server only listens on loopback and everything belongs to the `default` tenant.
+    #[arg(long = "api-key", env = "STEAD_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+    /// Largest request body, in bytes [default: 1048576].
+    #[arg(long, env = "STEAD_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Largest run input, in bytes [default: 262144].
+    #[arg(long, env = "STEAD_MAX_INPUT_BYTES")]
+    pub max_input_bytes: Option<usize>,
+    /// Tool output beyond this is cut with an explicit marker [default: 65536].
+    #[arg(long, env = "STEAD_MAX_TOOL_OUTPUT_BYTES")]
+    pub max_tool_output_bytes: Option<usize>,
+    /// Events one session may hold [default: 1000000].
+    #[arg(long, env = "STEAD_MAX_EVENTS_PER_SESSION")]
+    pub max_events_per_session: Option<u64>,
+    /// Largest single event payload, in bytes [default: 1048576].
+    #[arg(long, env = "STEAD_MAX_EVENT_BYTES")]
+    pub max_event_bytes: Option<usize>,
+    /// Runs this process drives at once [default: 512].
+    #[arg(long, env = "STEAD_MAX_CONCURRENT_RUNS")]
+    pub max_concurrent_runs: Option<usize>,
+    /// Seconds a run's lease lasts without renewal [default: 30].
+    #[arg(long, env = "STEAD_LEASE_SECS")]
+    pub lease_secs: Option<u64>,
+    /// Longest a `wait` request may block, in seconds [default: 600].
+    #[arg(long, env = "STEAD_MAX_WAIT_SECS")]
+    pub max_wait_secs: Option<u64>,
+    /// Name of this node in leases and event actors [default: node_<pid>].
+    #[arg(long, env = "STEAD_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Log filter, e.g. `info` or `stead_engine=debug` [default: info].
+    #[arg(long, env = "STEAD_LOG")]
+    pub log: Option<String>,
+}
+
+/// The config file: the same options, all optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    durability: Option<String>,
+    api_keys: Option<Vec<String>>,
+    max_body_bytes: Option<usize>,
+    max_input_bytes: Option<usize>,
+    max_tool_output_bytes: Option<usize>,
+    max_events_per_session: Option<u64>,
+    max_event_bytes: Option<usize>,
+    max_concurrent_runs: Option<usize>,
+    lease_secs: Option<u64>,
+    max_wait_secs: Option<u64>,
+    worker_id: Option<String>,
+    log: Option<String>,
+}
+
+/// Options after merging flags, env, file and defaults.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub durability: stead_store_sqlite::Durability,
+    /// (tenant, key)
+    pub api_keys: Vec<(String, String)>,
+    pub max_body_bytes: usize,
+    pub max_input_bytes: usize,
+    pub max_tool_output_bytes: usize,
+    pub max_events_per_session: u64,
+    pub max_event_bytes: usize,
+    pub max_concurrent_runs: usize,
+    pub lease: Duration,
+    pub max_wait: Duration,
+    pub worker_id: String,
+    pub log: String,
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> anyhow::Result<ServeConfig> {
+        let file = match &self.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let durability_text = self.durability.or(file.durability).unwrap_or_else(|| "full".into());
+        let durability = durability_text
+            .parse::<stead_store_sqlite::Durability>()
+            .map_err(|_| anyhow::anyhow!("durability must be `full`, `normal` or `off`, not {durability_text:?}"))?;
+        let raw_keys = if self.api_keys.is_empty() { file.api_keys.unwrap_or_default() } else { self.api_keys };
+        let mut api_keys = Vec::new();
+        for k in raw_keys {
+            let Some((tenant, key)) = k.split_once(':') else {
+                bail!("an API key must be given as TENANT:KEY");
+            };
+            stead_core::ids::TenantId::new(tenant).map_err(|e| anyhow::anyhow!("API key for {tenant:?}: {e}"))?;
+            if key.len() < 16 {
+                bail!("API key for tenant {tenant:?} is too short: use at least 16 characters");
+            }
+            api_keys.push((tenant.to_owned(), key.to_owned()));
+        }
+        let cfg = ServeConfig {
+            listen: self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8787".parse().expect("valid default")),
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./stead-data")),
+            durability,
+            api_keys,
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes).unwrap_or(1024 * 1024),
+            max_input_bytes: self.max_input_bytes.or(file.max_input_bytes).unwrap_or(256 * 1024),
+            max_tool_output_bytes: self.max_tool_output_bytes.or(file.max_tool_output_bytes).unwrap_or(64 * 1024),
+            max_events_per_session: self.max_events_per_session.or(file.max_events_per_session).unwrap_or(1_000_000),
+            max_event_bytes: self.max_event_bytes.or(file.max_event_bytes).unwrap_or(1024 * 1024),
+            max_concurrent_runs: self.max_concurrent_runs.or(file.max_concurrent_runs).unwrap_or(512),
+            lease: Duration::from_secs(self.lease_secs.or(file.lease_secs).unwrap_or(30)),
+            max_wait: Duration::from_secs(self.max_wait_secs.or(file.max_wait_secs).unwrap_or(600)),
+            worker_id: self.worker_id.or(file.worker_id).unwrap_or_else(|| format!("node_{}", std::process::id())),
+            log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
+impl ServeConfig {
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.listen.ip().is_loopback() && self.api_keys.is_empty() {
+            bail!(
+                "refusing to listen on {} without authentication: configure an API key (--api-key TENANT:KEY) or listen on loopback",
+                self.listen
+            );
+        }
+        let positive = [
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("max_input_bytes", self.max_input_bytes as u64),
+            ("max_tool_output_bytes", self.max_tool_output_bytes as u64),
+            ("max_events_per_session", self.max_events_per_session),
+            ("max_event_bytes", self.max_event_bytes as u64),
+            ("max_concurrent_runs", self.max_concurrent_runs as u64),
+            ("lease_secs", self.lease.as_secs()),
+            ("max_wait_secs", self.max_wait.as_secs()),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                bail!("{name} must be greater than 0");
+            }
+        }
+        if self.lease < Duration::from_secs(3) {
+            bail!("lease_secs must be at least 3");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_loopback_and_local_data() {
+        let cfg = ServeArgs::default().resolve().unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:8787");
+        assert_eq!(cfg.data_dir, PathBuf::from("./stead-data"));
+    }
+
+    #[test]
+    fn public_address_without_keys_is_refused() {
+        let args = ServeArgs { listen: Some("0.0.0.0:8787".parse().unwrap()), ..Default::default() };
+        let err = args.resolve().unwrap_err().to_string();
+        assert!(err.contains("without authentication"), "{err}");
+        let args = ServeArgs {
+            listen: Some("0.0.0.0:8787".parse().unwrap()),
+            api_keys: vec!["acme:0123456789abcdef".into()],
+            ..Default::default()
+        };
+        assert!(args.resolve().is_ok());
+    }
+
+    #[test]
+    fn file_fills_in_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stead.toml");
+        std::fs::write(&path, "data_dir = \"/tmp/x\"\nmax_body_bytes = 42\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let args = ServeArgs { config: Some(path.clone()), max_body_bytes: Some(7), ..Default::default() };
+        let cfg = args.resolve().unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(cfg.max_body_bytes, 7);
+        assert_eq!(cfg.listen.port(), 9000);
+        std::fs::write(&path, "data_dri = \"/tmp/x\"\n").unwrap();
+        let err = format!("{:#}", ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err());
+        assert!(err.contains("data_dri"), "{err}");
+    }
+}

@@ -1,0 +1,99 @@
+//! `stead serve`: opens the store, starts the engine's dispatcher and serves the API until
+//! SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use stead_api::{ApiOptions, AppState, Auth};
+use stead_core::ids::TenantId;
+use stead_engine::{Engine, EngineOptions, ToolRegistry};
+use stead_model::{ProviderDefaults, Providers};
+use stead_store_sqlite::{SqliteOptions, SqliteStore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeArgs;
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let cfg = args.resolve()?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log).context("invalid --log filter")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let options = SqliteOptions::new(&cfg.data_dir)
+        .durability(cfg.durability)
+        .max_events_per_session(cfg.max_events_per_session)
+        .max_event_bytes(cfg.max_event_bytes);
+    let store =
+        SqliteStore::open(options).with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
+
+    let engine = Engine::new(
+        store as Arc<dyn stead_store::Store>,
+        Providers::new(ProviderDefaults::from_env()),
+        ToolRegistry::with_builtins(),
+        EngineOptions {
+            worker_id: cfg.worker_id.clone(),
+            lease: cfg.lease,
+            max_concurrent_runs: cfg.max_concurrent_runs,
+            max_input_bytes: cfg.max_input_bytes,
+            max_tool_output_bytes: cfg.max_tool_output_bytes,
+            ..EngineOptions::default()
+        },
+    );
+    let mut auth = Auth::none();
+    for (tenant, key) in &cfg.api_keys {
+        let t = TenantId::new(tenant)?;
+        auth = auth.with_key(key, t, &format!("key:{tenant}"));
+    }
+    let app = stead_api::app(AppState {
+        engine: engine.clone(),
+        auth: Arc::new(auth),
+        options: ApiOptions { max_body_bytes: cfg.max_body_bytes, max_wait: cfg.max_wait },
+    });
+
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let dispatcher = tokio::spawn({
+        let (engine, shutdown) = (engine.clone(), shutdown.clone());
+        async move { engine.run(shutdown).await }
+    });
+    // Tests and scripts wait for this exact line.
+    eprintln!("stead listening on http://{addr} (data: {}, durability: {})", cfg.data_dir.display(), cfg.durability);
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal.cancel();
+    });
+    let graceful = shutdown.clone();
+    axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await }).await?;
+    shutdown.cancel();
+    let _ = dispatcher.await;
+    eprintln!("stead stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,255 @@
+//! Reads: a small pool of read-only connections, used from `spawn_blocking`, and the queries.
+//!
+//! In WAL mode readers never wait for the writer, and each read sees one committed snapshot.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use stead_core::event::Event;
+use stead_core::ids::{RunId, SessionId, TenantId};
+use stead_store::{AgentVersion, Error, Page, Result, RunRecord, SessionRecord};
+use tokio::sync::Semaphore;
+
+use crate::rows::{
+    AGENT_COLUMNS, EVENT_COLUMNS, RUN_COLUMNS, SESSION_COLUMNS, SqlResult, agent_from_row, collect, event_from_row,
+    load_session, run_from_row, session_from_row, session_pk, to_i64,
+};
+use crate::schema::open_reader;
+
+/// Read-only connections, checked out one per read.
+pub(crate) struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl ReadPool {
+    pub(crate) fn open(path: PathBuf, size: usize) -> Result<Arc<Self>> {
+        let size = size.max(1);
+        let idle = (0..size).map(|_| open_reader(&path)).collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Self { path, idle: Mutex::new(idle), permits: Arc::new(Semaphore::new(size)) }))
+    }
+
+    /// Runs `f` on a pooled connection on the blocking thread pool.
+    pub(crate) async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let permit =
+            self.permits.clone().acquire_owned().await.map_err(|_| Error::Unavailable("the store is closed".into()))?;
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            // A connection lost to a panicking read is replaced rather than shrinking the pool.
+            let conn = match pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                Some(conn) => conn,
+                None => open_reader(&pool.path)?,
+            };
+            let result = f(&conn);
+            pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            result
+        })
+        .await
+        .map_err(|e| Error::Backend(format!("a read task failed: {e}")))?
+    }
+}
+
+/// Runs several statements against one snapshot.
+fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.execute_batch("BEGIN").sql()?;
+    let result = f(conn);
+    // Read-only: ending it can only fail if the connection is broken, which the next read reports.
+    let _ = conn.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+    result
+}
+
+/// A page's size: 0 means the default; large requests are served in pages of at most 1000.
+pub(crate) fn page_limit(page: &Page) -> i64 {
+    match page.limit {
+        0 => 100,
+        n => i64::from(n.min(1000)),
+    }
+}
+
+pub(crate) fn get_agent(
+    conn: &Connection,
+    tenant: &TenantId,
+    name: &str,
+    version: Option<u32>,
+) -> Result<AgentVersion> {
+    let found = match version {
+        Some(v) => {
+            let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ?1 AND name = ?2 AND version = ?3");
+            let mut stmt = conn.prepare(&sql).sql()?;
+            let mut rows = stmt.query(params![tenant.as_str(), name, v]).sql()?;
+            rows.next().sql()?.map(agent_from_row).transpose()?
+        }
+        None => {
+            let sql = format!(
+                "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1"
+            );
+            let mut stmt = conn.prepare(&sql).sql()?;
+            let mut rows = stmt.query(params![tenant.as_str(), name]).sql()?;
+            rows.next().sql()?.map(agent_from_row).transpose()?
+        }
+    };
+    found.ok_or_else(|| Error::NotFound {
+        what: "agent",
+        id: match version {
+            Some(v) => format!("{name} version {v}"),
+            None => name.to_owned(),
+        },
+    })
+}
+
+/// The latest version of each agent, by name; the cursor is the last name seen.
+pub(crate) fn list_agents(conn: &Connection, tenant: &TenantId, page: &Page) -> Result<Vec<AgentVersion>> {
+    let sql = format!(
+        "SELECT {AGENT_COLUMNS} FROM agents a WHERE a.tenant = ?1 AND a.name > ?2 \
+         AND a.version = (SELECT max(b.version) FROM agents b WHERE b.tenant = a.tenant AND b.name = a.name) \
+         ORDER BY a.name LIMIT ?3"
+    );
+    let mut stmt = conn.prepare(&sql).sql()?;
+    let rows = stmt.query(params![tenant.as_str(), page.after.as_deref().unwrap_or(""), page_limit(page)]).sql()?;
+    collect(rows, agent_from_row)
+}
+
+pub(crate) fn list_agent_versions(conn: &Connection, tenant: &TenantId, name: &str) -> Result<Vec<AgentVersion>> {
+    let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ?1 AND name = ?2 ORDER BY version");
+    let mut stmt = conn.prepare(&sql).sql()?;
+    let versions = collect(stmt.query(params![tenant.as_str(), name]).sql()?, agent_from_row)?;
+    if versions.is_empty() {
+        return Err(Error::NotFound { what: "agent", id: name.to_owned() });
+    }
+    Ok(versions)
+}
+
+pub(crate) fn get_session(conn: &Connection, tenant: &TenantId, id: &SessionId) -> Result<SessionRecord> {
+    Ok(load_session(conn, tenant, id)?.1)
+}
+
+/// Newest first; the cursor is the last session id seen (ids are time-ordered UUIDv7).
+pub(crate) fn list_sessions(conn: &Connection, tenant: &TenantId, page: &Page) -> Result<Vec<SessionRecord>> {
+    let limit = page_limit(page);
+    let rows = match &page.after {
+        Some(after) => {
+            let after: SessionId =
+                after.parse().map_err(|_| Error::NotFound { what: "session", id: after.chars().take(80).collect() })?;
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.tenant = ?1 AND s.id < ?2 ORDER BY s.id DESC LIMIT ?3"
+            );
+            let mut stmt = conn.prepare(&sql).sql()?;
+            let rows = stmt.query(params![tenant.as_str(), &after.as_bytes()[..], limit]).sql()?;
+            collect(rows, session_from_row)?
+        }
+        None => {
+            let sql =
+                format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.tenant = ?1 ORDER BY s.id DESC LIMIT ?2");
+            let mut stmt = conn.prepare(&sql).sql()?;
+            let rows = stmt.query(params![tenant.as_str(), limit]).sql()?;
+            collect(rows, session_from_row)?
+        }
+    };
+    Ok(rows.into_iter().map(|(_, s)| s).collect())
+}
+
+pub(crate) fn read_events(
+    conn: &Connection,
+    tenant: &TenantId,
+    session: &SessionId,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<Event>> {
+    snapshot(conn, |conn| {
+        let pk = session_pk(conn, tenant, session)?;
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE session_pk = ?1 AND tenant = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
+        );
+        let mut stmt = conn.prepare(&sql).sql()?;
+        let rows = stmt.query(params![pk, tenant.as_str(), to_i64(after), i64::from(limit)]).sql()?;
+        collect(rows, |r| event_from_row(r, tenant, *session))
+    })
+}
+
+/// Walks the partial index on message events backwards from `up_to`: O(limit).
+pub(crate) const MESSAGE_WINDOW: &str = "SELECT seq, run_id, kind, actor, at, data, hash FROM events \
+     WHERE session_pk = ?1 AND msg = 1 AND seq <= ?2 AND tenant = ?3 ORDER BY seq DESC LIMIT ?4";
+
+pub(crate) fn read_message_window(
+    conn: &Connection,
+    tenant: &TenantId,
+    session: &SessionId,
+    up_to: u64,
+    limit: u32,
+) -> Result<Vec<Event>> {
+    snapshot(conn, |conn| {
+        let pk = session_pk(conn, tenant, session)?;
+        let mut stmt = conn.prepare(MESSAGE_WINDOW).sql()?;
+        let rows = stmt.query(params![pk, to_i64(up_to), tenant.as_str(), i64::from(limit)]).sql()?;
+        let mut events = collect(rows, |r| event_from_row(r, tenant, *session))?;
+        events.reverse();
+        Ok(events)
+    })
+}
+
+pub(crate) fn get_run(conn: &Connection, tenant: &TenantId, id: &RunId) -> Result<RunRecord> {
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM runs r JOIN sessions s ON s.pk = r.session_pk WHERE r.id = ?1 AND r.tenant = ?2"
+    );
+    let mut stmt = conn.prepare(&sql).sql()?;
+    let mut rows = stmt.query(params![&id.as_bytes()[..], tenant.as_str()]).sql()?;
+    match rows.next().sql()? {
+        Some(row) => Ok(run_from_row(row)?.1),
+        None => Err(Error::NotFound { what: "run", id: id.to_string() }),
+    }
+}
+
+/// Oldest first; the cursor is the last run id seen.
+pub(crate) fn list_runs(
+    conn: &Connection,
+    tenant: &TenantId,
+    session: &SessionId,
+    page: &Page,
+) -> Result<Vec<RunRecord>> {
+    snapshot(conn, |conn| {
+        let spk = session_pk(conn, tenant, session)?;
+        let after_pk = match &page.after {
+            None => 0,
+            Some(after) => {
+                let missing = || Error::NotFound { what: "run", id: after.chars().take(80).collect() };
+                let run: RunId = after.parse().map_err(|_| missing())?;
+                conn.query_row(
+                    "SELECT pk FROM runs WHERE id = ?1 AND session_pk = ?2",
+                    params![&run.as_bytes()[..], spk],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .sql()?
+                .ok_or_else(missing)?
+            }
+        };
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN sessions s ON s.pk = r.session_pk \
+             WHERE r.session_pk = ?1 AND r.tenant = ?2 AND r.pk > ?3 ORDER BY r.pk LIMIT ?4"
+        );
+        let mut stmt = conn.prepare(&sql).sql()?;
+        let rows = stmt.query(params![spk, tenant.as_str(), after_pk, page_limit(page)]).sql()?;
+        Ok(collect(rows, run_from_row)?.into_iter().map(|(_, r)| r).collect())
+    })
+}
+
+pub(crate) fn active_runs(conn: &Connection, tenant: &TenantId, session: &SessionId) -> Result<Vec<RunRecord>> {
+    snapshot(conn, |conn| {
+        let spk = session_pk(conn, tenant, session)?;
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN sessions s ON s.pk = r.session_pk \
+             WHERE r.session_pk = ?1 AND r.tenant = ?2 AND r.status IN ('queued', 'running', 'requires_action') \
+             ORDER BY r.pk"
+        );
+        let mut stmt = conn.prepare(&sql).sql()?;
+        let rows = stmt.query(params![spk, tenant.as_str()]).sql()?;
+        Ok(collect(rows, run_from_row)?.into_iter().map(|(_, r)| r).collect())
+    })
+}

@@ -1,0 +1,234 @@
+//! Conversions between rows and records, and from SQLite errors to store errors.
+//!
+//! Anything read back that does not decode (a bad id blob, invalid JSON, a negative
+//! sequence) was written outside Stead and is reported as `Corrupt`, never a panic.
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
+use serde::de::DeserializeOwned;
+use stead_core::agent::AgentSpec;
+use stead_core::event::{Actor, Event, EventBody};
+use stead_core::ids::{AgentVersionId, RunId, SessionId, TenantId};
+use stead_core::run::RunState;
+use stead_core::time::Timestamp;
+use stead_store::{AgentVersion, Error, Lease, Result, RunRecord, SessionRecord};
+
+/// Maps a SQLite error: damaged files become `Corrupt`, everything else `Backend`.
+pub(crate) fn sql_error(e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => Error::Corrupt(e.to_string()),
+        _ => Error::Backend(e.to_string()),
+    }
+}
+
+/// `?`-friendly mapping of rusqlite results (the orphan rule forbids a `From` impl).
+pub(crate) trait SqlResult<T> {
+    fn sql(self) -> Result<T>;
+}
+
+impl<T> SqlResult<T> for rusqlite::Result<T> {
+    fn sql(self) -> Result<T> {
+        self.map_err(sql_error)
+    }
+}
+
+pub(crate) fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::Corrupt(what.to_string())
+}
+
+/// SQLite integers are signed; counters beyond `i64::MAX` cannot occur, so saturate.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| corrupt(format!("{what} is negative ({v})")))
+}
+
+pub(crate) fn id_bytes(blob: &[u8], what: &str) -> Result<[u8; 16]> {
+    blob.try_into().map_err(|_| corrupt(format!("{what} id is {} bytes, expected 16", blob.len())))
+}
+
+pub(crate) fn hash_bytes(blob: &[u8]) -> Result<[u8; 32]> {
+    blob.try_into().map_err(|_| corrupt(format!("event hash is {} bytes, expected 32", blob.len())))
+}
+
+pub(crate) fn tenant(s: &str) -> Result<TenantId> {
+    TenantId::new(s).map_err(|e| corrupt(format!("stored tenant: {e}")))
+}
+
+pub(crate) fn json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| corrupt(format!("stored {what} is not valid: {e}")))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Backend(format!("cannot serialize {what}: {e}")))
+}
+
+/// An event body's `data` as stored: the body serializes as `{"type": .., "data": ..}`,
+/// and the type is kept in its own column.
+pub(crate) fn body_data(body: &EventBody) -> Result<String> {
+    let value = serde_json::to_value(body).map_err(|e| Error::Backend(format!("cannot serialize event: {e}")))?;
+    let data = match value {
+        serde_json::Value::Object(mut map) => map.remove("data").unwrap_or(serde_json::Value::Null),
+        _ => serde_json::Value::Null,
+    };
+    to_json(&data, "event data")
+}
+
+pub(crate) fn body_from(kind: &str, data: &str) -> Result<EventBody> {
+    let kind_json = to_json(&kind, "event kind")?;
+    let text = format!("{{\"type\":{kind_json},\"data\":{data}}}");
+    serde_json::from_str(&text).map_err(|e| corrupt(format!("stored `{kind}` event is not valid: {e}")))
+}
+
+/// Columns of an event row, in the order [`EVENT_COLUMNS`] selects them.
+pub(crate) const EVENT_COLUMNS: &str = "seq, run_id, kind, actor, at, data, hash";
+
+pub(crate) fn event_from_row(row: &Row<'_>, tenant_id: &TenantId, session_id: SessionId) -> Result<Event> {
+    let seq: i64 = row.get(0).sql()?;
+    let run: Option<Vec<u8>> = row.get(1).sql()?;
+    let kind: String = row.get(2).sql()?;
+    let actor: String = row.get(3).sql()?;
+    let at: i64 = row.get(4).sql()?;
+    let data: String = row.get(5).sql()?;
+    let hash: Vec<u8> = row.get(6).sql()?;
+    Ok(Event {
+        tenant_id: tenant_id.clone(),
+        session_id,
+        seq: to_u64(seq, "event sequence")?,
+        run_id: run.map(|b| id_bytes(&b, "run").map(RunId::from_bytes)).transpose()?,
+        actor: Actor(actor),
+        at: Timestamp(at),
+        body: body_from(&kind, &data)?,
+        hash: hex::encode(hash_bytes(&hash)?),
+    })
+}
+
+/// The session columns [`session_from_row`] reads, for a table aliased `s`.
+pub(crate) const SESSION_COLUMNS: &str =
+    "s.pk, s.id, s.tenant, s.agent, s.agent_version, s.metadata, s.head_seq, s.head_hash, s.created_at, s.updated_at";
+
+pub(crate) fn session_from_row(row: &Row<'_>) -> Result<(i64, SessionRecord)> {
+    let pk: i64 = row.get(0).sql()?;
+    let id: Vec<u8> = row.get(1).sql()?;
+    let tenant_s: String = row.get(2).sql()?;
+    let agent: String = row.get(3).sql()?;
+    let agent_version: i64 = row.get(4).sql()?;
+    let metadata: String = row.get(5).sql()?;
+    let head_seq: i64 = row.get(6).sql()?;
+    let head_hash: Vec<u8> = row.get(7).sql()?;
+    let created_at: i64 = row.get(8).sql()?;
+    let updated_at: i64 = row.get(9).sql()?;
+    Ok((
+        pk,
+        SessionRecord {
+            id: SessionId::from_bytes(id_bytes(&id, "session")?),
+            tenant_id: tenant(&tenant_s)?,
+            agent,
+            agent_version: u32::try_from(agent_version)
+                .map_err(|_| corrupt(format!("session agent version {agent_version} is out of range")))?,
+            metadata: json(&metadata, "session metadata")?,
+            head_seq: to_u64(head_seq, "session head")?,
+            head_hash: hex::encode(hash_bytes(&head_hash)?),
+            created_at: Timestamp(created_at),
+            updated_at: Timestamp(updated_at),
+        },
+    ))
+}
+
+/// The session (with its internal key) by tenant and id; `NotFound` otherwise.
+pub(crate) fn load_session(conn: &Connection, tenant: &TenantId, id: &SessionId) -> Result<(i64, SessionRecord)> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?1 AND s.tenant = ?2");
+    let mut stmt = conn.prepare(&sql).sql()?;
+    let mut rows = stmt.query(params![&id.as_bytes()[..], tenant.as_str()]).sql()?;
+    match rows.next().sql()? {
+        Some(row) => session_from_row(row),
+        None => Err(Error::NotFound { what: "session", id: id.to_string() }),
+    }
+}
+
+/// The session's internal key by tenant and id; `NotFound` otherwise.
+pub(crate) fn session_pk(conn: &Connection, tenant: &TenantId, id: &SessionId) -> Result<i64> {
+    conn.query_row(
+        "SELECT pk FROM sessions WHERE id = ?1 AND tenant = ?2",
+        params![&id.as_bytes()[..], tenant.as_str()],
+        |r| r.get(0),
+    )
+    .optional()
+    .sql()?
+    .ok_or_else(|| Error::NotFound { what: "session", id: id.to_string() })
+}
+
+/// The run columns [`run_from_row`] reads, for `runs r JOIN sessions s`.
+pub(crate) const RUN_COLUMNS: &str =
+    "r.pk, r.id, r.tenant, s.id, r.state, r.lease_owner, r.lease_expires, r.lease_token, r.updated_at";
+
+pub(crate) fn run_from_row(row: &Row<'_>) -> Result<(i64, RunRecord)> {
+    let pk: i64 = row.get(0).sql()?;
+    let id: Vec<u8> = row.get(1).sql()?;
+    let tenant_s: String = row.get(2).sql()?;
+    let session: Vec<u8> = row.get(3).sql()?;
+    let state: String = row.get(4).sql()?;
+    let owner: Option<String> = row.get(5).sql()?;
+    let expires: Option<i64> = row.get(6).sql()?;
+    let token: i64 = row.get(7).sql()?;
+    let updated_at: i64 = row.get(8).sql()?;
+    let state: RunState = json(&state, "run state")?;
+    Ok((
+        pk,
+        RunRecord {
+            id: RunId::from_bytes(id_bytes(&id, "run")?),
+            tenant_id: tenant(&tenant_s)?,
+            session_id: SessionId::from_bytes(id_bytes(&session, "session")?),
+            state,
+            lease: match (owner, expires) {
+                (Some(owner), Some(at)) => Some(Lease { owner, expires_at: Timestamp(at) }),
+                _ => None,
+            },
+            fencing_token: to_u64(token, "fencing token")?,
+            updated_at: Timestamp(updated_at),
+        },
+    ))
+}
+
+/// A run by internal key, whatever its tenant (callers have already scoped the key).
+pub(crate) fn run_by_pk(conn: &Connection, pk: i64) -> Result<RunRecord> {
+    let sql = format!("SELECT {RUN_COLUMNS} FROM runs r JOIN sessions s ON s.pk = r.session_pk WHERE r.pk = ?1");
+    let mut stmt = conn.prepare(&sql).sql()?;
+    let mut rows = stmt.query([pk]).sql()?;
+    match rows.next().sql()? {
+        Some(row) => Ok(run_from_row(row)?.1),
+        None => Err(corrupt(format!("run {pk} has no session"))),
+    }
+}
+
+pub(crate) const AGENT_COLUMNS: &str = "id, tenant, name, version, spec, spec_hash, created_at";
+
+pub(crate) fn agent_from_row(row: &Row<'_>) -> Result<AgentVersion> {
+    let id: Vec<u8> = row.get(0).sql()?;
+    let tenant_s: String = row.get(1).sql()?;
+    let name: String = row.get(2).sql()?;
+    let version: i64 = row.get(3).sql()?;
+    let spec: String = row.get(4).sql()?;
+    let spec_hash: String = row.get(5).sql()?;
+    let created_at: i64 = row.get(6).sql()?;
+    let spec: AgentSpec = json(&spec, "agent spec")?;
+    Ok(AgentVersion {
+        id: AgentVersionId::from_bytes(id_bytes(&id, "agent version")?),
+        tenant_id: tenant(&tenant_s)?,
+        name,
+        version: u32::try_from(version).map_err(|_| corrupt(format!("agent version {version} is out of range")))?,
+        spec,
+        spec_hash,
+        created_at: Timestamp(created_at),
+    })
+}
+
+/// Collects every row of a query through a fallible row mapper.
+pub(crate) fn collect<T>(mut rows: rusqlite::Rows<'_>, mut f: impl FnMut(&Row<'_>) -> Result<T>) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().sql()? {
+        out.push(f(row)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,467 @@
+//! The write operations, as run by the writer thread inside one savepoint each.
+//!
+//! Each function either does all of its writes or returns an error; the writer rolls the
+//! savepoint back on error, so nothing partial is ever committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Statement, params};
+use sha2::{Digest, Sha256};
+use stead_core::agent::AgentSpec;
+use stead_core::event::{Event, EventBody, NewEvent, chain_hash};
+use stead_core::ids::{AgentVersionId, RunId, SessionId, TenantId};
+use stead_core::run::{RunState, RunStatus};
+use stead_core::time::Timestamp;
+use stead_store::{AgentVersion, AppendRequest, Claim, Committed, Error, NewSession, Result, SessionRecord};
+
+use crate::rows::{
+    AGENT_COLUMNS, SESSION_COLUMNS, SqlResult, agent_from_row, body_data, corrupt, hash_bytes, json, run_by_pk,
+    session_from_row, session_pk, to_i64, to_json, to_u64,
+};
+use crate::writer::WriteCtx;
+
+type Written<T> = Result<(T, Vec<Committed>)>;
+
+/// Hex SHA-256 of the spec's canonical JSON (RFC 8785), so formatting and key order
+/// do not make a new version.
+pub(crate) fn spec_hash(spec: &AgentSpec) -> Result<String> {
+    let canonical =
+        serde_jcs::to_vec(spec).map_err(|e| Error::Backend(format!("cannot canonicalize agent spec: {e}")))?;
+    Ok(hex::encode(Sha256::digest(&canonical)))
+}
+
+pub(crate) fn put_agent(conn: &Connection, tenant: &TenantId, spec: &AgentSpec) -> Written<(AgentVersion, bool)> {
+    let hash = spec_hash(spec)?;
+    let latest = {
+        let sql =
+            format!("SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1");
+        let mut stmt = conn.prepare(&sql).sql()?;
+        let mut rows = stmt.query(params![tenant.as_str(), spec.name]).sql()?;
+        match rows.next().sql()? {
+            Some(row) => Some(agent_from_row(row)?),
+            None => None,
+        }
+    };
+    if let Some(latest) = latest.as_ref().filter(|l| l.spec_hash == hash) {
+        return Ok(((latest.clone(), false), Vec::new()));
+    }
+    let version = match &latest {
+        Some(l) => l
+            .version
+            .checked_add(1)
+            .ok_or_else(|| Error::LimitExceeded(format!("agent {} has too many versions", spec.name)))?,
+        None => 1,
+    };
+    let agent = AgentVersion {
+        id: AgentVersionId::new(),
+        tenant_id: tenant.clone(),
+        name: spec.name.clone(),
+        version,
+        spec: spec.clone(),
+        spec_hash: hash,
+        created_at: Timestamp::now(),
+    };
+    conn.execute(
+        "INSERT INTO agents (tenant, name, version, id, spec, spec_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            tenant.as_str(),
+            agent.name,
+            agent.version,
+            &agent.id.as_bytes()[..],
+            to_json(spec, "agent spec")?,
+            agent.spec_hash,
+            agent.created_at.millis()
+        ],
+    )
+    .sql()?;
+    Ok(((agent, true), Vec::new()))
+}
+
+const INSERT_EVENT: &str = "INSERT INTO events (session_pk, seq, tenant, run_id, kind, actor, at, data, hash, msg) \
+                            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+/// Serializes, size-checks, hashes and inserts one event.
+#[allow(clippy::too_many_arguments)]
+fn insert_event(
+    insert: &mut Statement<'_>,
+    ctx: &WriteCtx,
+    session_pk: i64,
+    tenant: &TenantId,
+    session: SessionId,
+    seq: u64,
+    at: Timestamp,
+    prev: &[u8; 32],
+    new: NewEvent,
+) -> Result<(Event, [u8; 32])> {
+    let data = body_data(&new.body)?;
+    if data.len() > ctx.max_event_bytes {
+        return Err(Error::LimitExceeded(format!(
+            "a `{}` event's payload is {} bytes, over the limit of {} bytes (max_event_bytes)",
+            new.body.kind(),
+            data.len(),
+            ctx.max_event_bytes
+        )));
+    }
+    let hash = chain_hash(prev, tenant, &session, seq, &new.run_id, &new.actor, &at, &new.body);
+    insert
+        .execute(params![
+            session_pk,
+            to_i64(seq),
+            tenant.as_str(),
+            new.run_id.as_ref().map(|r| &r.as_bytes()[..]),
+            new.body.kind(),
+            new.actor.0,
+            at.millis(),
+            data,
+            &hash[..],
+            new.body.is_message(),
+        ])
+        .sql()?;
+    let event = Event {
+        tenant_id: tenant.clone(),
+        session_id: session,
+        seq,
+        run_id: new.run_id,
+        actor: new.actor,
+        at,
+        body: new.body,
+        hash: hex::encode(hash),
+    };
+    Ok((event, hash))
+}
+
+/// An event whose shape is wrong regardless of any state: the caller built it badly.
+fn malformed(event: &NewEvent, why: &str) -> Error {
+    match event.run_id {
+        Some(run) => Error::InvalidTransition { run, reason: format!("`{}` event {why}", event.body.kind()) },
+        None => Error::Backend(format!("invalid `{}` event: {why}", event.body.kind())),
+    }
+}
+
+fn check_session_limit(ctx: &WriteCtx, head: u64, adding: usize) -> Result<()> {
+    let total = head.saturating_add(adding as u64);
+    if total > ctx.max_events_per_session {
+        return Err(Error::LimitExceeded(format!(
+            "the session would hold {total} events, over the limit of {} (max_events_per_session)",
+            ctx.max_events_per_session
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession) -> Written<(SessionRecord, Event)> {
+    let NewSession { tenant_id, id, agent, agent_version, metadata, first_event } = new;
+    if !matches!(first_event.body, EventBody::SessionCreated { .. }) {
+        return Err(malformed(&first_event, "cannot start a session (expected `session_created`)"));
+    }
+    if first_event.run_id.is_some() {
+        return Err(malformed(&first_event, "must not name a run"));
+    }
+    let existing: Option<(String, i64)> = conn
+        .query_row("SELECT tenant, head_seq FROM sessions WHERE id = ?1", [&id.as_bytes()[..]], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .sql()?;
+    if let Some((owner, head)) = existing {
+        // Another tenant's session is reported as merely "not empty", never its real head.
+        let actual = if owner == tenant_id.as_str() { to_u64(head, "session head")? } else { 1 };
+        return Err(Error::Conflict { expected: 0, actual });
+    }
+    check_session_limit(ctx, 0, 1)?;
+    let at = Timestamp::now();
+    conn.execute(
+        "INSERT INTO sessions (id, tenant, agent, agent_version, metadata, head_seq, head_hash, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?7)",
+        params![
+            &id.as_bytes()[..],
+            tenant_id.as_str(),
+            agent,
+            agent_version,
+            to_json(&metadata, "session metadata")?,
+            &stead_core::event::GENESIS_HASH[..],
+            at.millis()
+        ],
+    )
+    .sql()?;
+    let pk = conn.last_insert_rowid();
+    let mut insert = conn.prepare(INSERT_EVENT).sql()?;
+    let (event, hash) =
+        insert_event(&mut insert, ctx, pk, &tenant_id, id, 1, at, &stead_core::event::GENESIS_HASH, first_event)?;
+    conn.execute("UPDATE sessions SET head_seq = 1, head_hash = ?1 WHERE pk = ?2", params![&hash[..], pk]).sql()?;
+    let record = SessionRecord {
+        id,
+        tenant_id: tenant_id.clone(),
+        agent,
+        agent_version,
+        metadata,
+        head_seq: 1,
+        head_hash: event.hash.clone(),
+        created_at: at,
+        updated_at: at,
+    };
+    let note = Committed { tenant_id, session_id: id, events: Arc::from(vec![event.clone()]), runs: Vec::new() };
+    Ok(((record, event), vec![note]))
+}
+
+/// A run touched by an append: its state before (None if created here) and after.
+struct RunSlot {
+    id: RunId,
+    /// `None` for a run created by this append.
+    pk: Option<i64>,
+    before: Option<RunStatus>,
+    state: RunState,
+}
+
+/// Loads a run of this session for an append; anything else is an invalid transition.
+fn load_run_slot(conn: &Connection, tenant: &TenantId, session_pk: i64, run: RunId) -> Result<RunSlot> {
+    let row: Option<(i64, i64, String, String)> = conn
+        .query_row("SELECT pk, session_pk, tenant, state FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()
+        .sql()?;
+    match row {
+        Some((pk, spk, t, state)) if spk == session_pk && t == tenant.as_str() => {
+            let state: RunState = json(&state, "run state")?;
+            Ok(RunSlot { id: run, pk: Some(pk), before: Some(state.status), state })
+        }
+        _ => Err(Error::InvalidTransition { run, reason: "the run does not exist in this session".into() }),
+    }
+}
+
+/// Checks that the fence's lease is still the run's current one.
+fn check_fence(conn: &Connection, tenant: &TenantId, session_pk: i64, fence: &stead_store::Fence) -> Result<()> {
+    let row: Option<(i64, String, Option<String>, i64)> = conn
+        .query_row(
+            "SELECT session_pk, tenant, lease_owner, lease_token FROM runs WHERE id = ?1",
+            [&fence.run_id.as_bytes()[..]],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .sql()?;
+    match row {
+        Some((spk, t, Some(_), token)) if spk == session_pk && t == tenant.as_str() && token == to_i64(fence.token) => {
+            Ok(())
+        }
+        _ => Err(Error::Fenced { run: fence.run_id, token: fence.token }),
+    }
+}
+
+pub(crate) fn append(conn: &Connection, ctx: &WriteCtx, req: AppendRequest) -> Written<Vec<Event>> {
+    let AppendRequest { tenant_id, session_id, expected_head, events, fence } = req;
+    let (pk, head_seq, head_hash, head_at): (i64, i64, Vec<u8>, i64) = conn
+        .query_row(
+            "SELECT pk, head_seq, head_hash, updated_at FROM sessions WHERE id = ?1 AND tenant = ?2",
+            params![&session_id.as_bytes()[..], tenant_id.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .sql()?
+        .ok_or_else(|| Error::NotFound { what: "session", id: session_id.to_string() })?;
+    let head = to_u64(head_seq, "session head")?;
+    if head != expected_head {
+        return Err(Error::Conflict { expected: expected_head, actual: head });
+    }
+    if let Some(fence) = &fence {
+        check_fence(conn, &tenant_id, pk, fence)?;
+    }
+    if events.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    check_session_limit(ctx, head, events.len())?;
+
+    // Time never runs backwards within a session, even if the clock does.
+    let at = Timestamp::now().max(Timestamp(head_at));
+    let mut prev = hash_bytes(&head_hash)?;
+    let mut slots: Vec<RunSlot> = Vec::new();
+    let mut committed = Vec::with_capacity(events.len());
+    let mut insert = conn.prepare(INSERT_EVENT).sql()?;
+    for (i, new) in events.into_iter().enumerate() {
+        let seq = head + 1 + i as u64;
+        match (&new.body, new.run_id) {
+            (EventBody::SessionCreated { .. }, _) => {
+                return Err(malformed(&new, "can only be a session's first event"));
+            }
+            (_, None) => return Err(malformed(&new, "must name its run")),
+            (EventBody::RunCreated { .. }, Some(run)) => {
+                let taken = slots.iter().any(|s| s.id == run)
+                    || conn
+                        .query_row("SELECT 1 FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |_| Ok(()))
+                        .optional()
+                        .sql()?
+                        .is_some();
+                if taken {
+                    return Err(Error::InvalidTransition { run, reason: "a run with this id already exists".into() });
+                }
+                slots.push(RunSlot { id: run, pk: None, before: None, state: RunState::created(seq, at) });
+            }
+            (body, Some(run)) => {
+                let idx = match slots.iter().position(|s| s.id == run) {
+                    Some(idx) => idx,
+                    None => {
+                        slots.push(load_run_slot(conn, &tenant_id, pk, run)?);
+                        slots.len() - 1
+                    }
+                };
+                slots[idx].state.apply(at, body).map_err(|reason| Error::InvalidTransition { run, reason })?;
+            }
+        }
+        let (event, hash) = insert_event(&mut insert, ctx, pk, &tenant_id, session_id, seq, at, &prev, new)?;
+        prev = hash;
+        committed.push(event);
+    }
+
+    let mut changed = Vec::new();
+    for slot in &slots {
+        let status = slot.state.status;
+        let state = to_json(&slot.state, "run state")?;
+        match slot.pk {
+            None => {
+                conn.execute(
+                    "INSERT INTO runs (id, tenant, session_pk, status, state, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                    params![&slot.id.as_bytes()[..], tenant_id.as_str(), pk, status.as_str(), state, at.millis()],
+                )
+                .sql()?;
+            }
+            Some(run_pk) => {
+                // A run that no worker may hold (waiting on the client, finished) keeps no lease.
+                conn.execute(
+                    "UPDATE runs SET status = ?1, state = ?2, updated_at = ?3, \
+                     lease_owner = CASE WHEN ?4 THEN lease_owner END, \
+                     lease_expires = CASE WHEN ?4 THEN lease_expires END \
+                     WHERE pk = ?5",
+                    params![status.as_str(), state, at.millis(), status.is_claimable(), run_pk],
+                )
+                .sql()?;
+            }
+        }
+        if slot.before != Some(status) {
+            changed.push((slot.id, status));
+        }
+    }
+    if let Some(fence) = &fence {
+        conn.execute(
+            "UPDATE runs SET lease_expires = ?1 WHERE id = ?2 AND lease_owner IS NOT NULL",
+            params![Timestamp::now().plus(fence.extend_lease).millis(), &fence.run_id.as_bytes()[..]],
+        )
+        .sql()?;
+    }
+    let last = committed.last().map_or(head, |e| e.seq);
+    conn.execute(
+        "UPDATE sessions SET head_seq = ?1, head_hash = ?2, updated_at = ?3 WHERE pk = ?4",
+        params![to_i64(last), &prev[..], at.millis(), pk],
+    )
+    .sql()?;
+    let note = Committed { tenant_id, session_id, events: Arc::from(committed.clone()), runs: changed };
+    Ok((committed, vec![note]))
+}
+
+pub(crate) fn delete_session(conn: &Connection, tenant: &TenantId, id: &SessionId) -> Written<()> {
+    let pk = session_pk(conn, tenant, id)?;
+    let leased: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT id FROM runs WHERE session_pk = ?1 AND lease_owner IS NOT NULL AND lease_expires > ?2 LIMIT 1",
+            params![pk, Timestamp::now().millis()],
+            |r| r.get(0),
+        )
+        .optional()
+        .sql()?;
+    if let Some(run) = leased {
+        let run = RunId::from_bytes(crate::rows::id_bytes(&run, "run")?);
+        return Err(Error::Busy(format!(
+            "session {id} has run {run} claimed by a worker; cancel it or wait for its lease to expire"
+        )));
+    }
+    conn.execute("DELETE FROM events WHERE session_pk = ?1", [pk]).sql()?;
+    conn.execute("DELETE FROM runs WHERE session_pk = ?1", [pk]).sql()?;
+    conn.execute("DELETE FROM sessions WHERE pk = ?1", [pk]).sql()?;
+    Ok(((), Vec::new()))
+}
+
+/// Claimable runs, oldest first: queued or running, unleased or with an expired lease, and
+/// the oldest unfinished run of their session (a run waiting on the client blocks later ones).
+pub(crate) const CLAIMABLE: &str = "SELECT r.pk FROM runs r \
+     WHERE r.status IN ('queued', 'running') \
+       AND (r.lease_owner IS NULL OR r.lease_expires <= ?1) \
+       AND NOT EXISTS (SELECT 1 FROM runs e \
+                       WHERE e.session_pk = r.session_pk AND e.pk < r.pk \
+                         AND e.status IN ('queued', 'running', 'requires_action')) \
+     ORDER BY r.pk LIMIT ?2";
+
+pub(crate) fn claim_runs(conn: &Connection, worker: &str, lease: Duration, max: usize) -> Written<Vec<Claim>> {
+    if max == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let now = Timestamp::now();
+    let pks: Vec<i64> = {
+        let mut stmt = conn.prepare(CLAIMABLE).sql()?;
+        let rows = stmt.query(params![now.millis(), i64::try_from(max).unwrap_or(i64::MAX)]).sql()?;
+        crate::rows::collect(rows, |r| r.get(0).sql())?
+    };
+    let expires = now.plus(lease).millis();
+    let session_sql =
+        format!("SELECT {SESSION_COLUMNS} FROM sessions s JOIN runs r ON r.session_pk = s.pk WHERE r.pk = ?1");
+    let mut claims = Vec::with_capacity(pks.len());
+    for pk in pks {
+        conn.execute(
+            "UPDATE runs SET lease_owner = ?1, lease_expires = ?2, lease_token = lease_token + 1 WHERE pk = ?3",
+            params![worker, expires, pk],
+        )
+        .sql()?;
+        let run = run_by_pk(conn, pk)?;
+        let session = {
+            let mut stmt = conn.prepare(&session_sql).sql()?;
+            let mut rows = stmt.query([pk]).sql()?;
+            match rows.next().sql()? {
+                Some(row) => session_from_row(row)?.1,
+                None => return Err(corrupt(format!("run {} has no session", run.id))),
+            }
+        };
+        let token = run.fencing_token;
+        claims.push(Claim { run, session, token });
+    }
+    Ok((claims, Vec::new()))
+}
+
+/// The run's current lease holder and token; `NotFound` if there is no such run.
+fn lease_of(conn: &Connection, run: &RunId) -> Result<(Option<String>, i64)> {
+    conn.query_row("SELECT lease_owner, lease_token FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .optional()
+    .sql()?
+    .ok_or_else(|| Error::NotFound { what: "run", id: run.to_string() })
+}
+
+pub(crate) fn renew_lease(conn: &Connection, run: &RunId, token: u64, lease: Duration) -> Written<()> {
+    match lease_of(conn, run)? {
+        (Some(_), current) if current == to_i64(token) => {
+            conn.execute(
+                "UPDATE runs SET lease_expires = ?1 WHERE id = ?2",
+                params![Timestamp::now().plus(lease).millis(), &run.as_bytes()[..]],
+            )
+            .sql()?;
+            Ok(((), Vec::new()))
+        }
+        _ => Err(Error::Fenced { run: *run, token }),
+    }
+}
+
+pub(crate) fn release_lease(conn: &Connection, run: &RunId, token: u64) -> Written<()> {
+    let (_, current) = lease_of(conn, run)?;
+    if current != to_i64(token) {
+        return Err(Error::Fenced { run: *run, token });
+    }
+    conn.execute("UPDATE runs SET lease_owner = NULL, lease_expires = NULL WHERE id = ?1", [&run.as_bytes()[..]])
+        .sql()?;
+    Ok(((), Vec::new()))
+}
+
+/// Opening the store forgets every lease: only this process uses the database, so a lease
+/// still recorded belongs to a previous process that is gone. Tokens keep counting.
+pub(crate) fn reset_leases(conn: &Connection) -> Result<usize> {
+    conn.execute("UPDATE runs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner IS NOT NULL", []).sql()
+}
