@@ -51,7 +51,6 @@ fn not_found_code(what: &str) -> &'static str {
         "session" => "session_not_found",
         "run" => "run_not_found",
         "agent" => "agent_not_found",
-        "agent version" => "agent_version_not_found",
         _ => "not_found",
     }
 }

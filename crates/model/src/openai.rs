@@ -204,7 +204,13 @@ impl OpenAiProvider {
                 }
             }
             if acc.done() {
-                // Nothing after `[DONE]` matters; dropping the response releases the connection.
+                // Nothing after `[DONE]` matters, but reading the (normally immediate) end of the
+                // body lets the connection go back to the pool; a server that keeps it open
+                // just loses that connection.
+                let _ = tokio::time::timeout(Duration::from_millis(250), async {
+                    while let Ok(Some(_)) = resp.chunk().await {}
+                })
+                .await;
                 break;
             }
         }

@@ -32,7 +32,7 @@ impl std::fmt::Debug for ProviderDefaults {
 impl ProviderDefaults {
     /// From `OPENAI_BASE_URL` and `OPENAI_API_KEY`; empty values count as unset.
     pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let var = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         Self { openai_base_url: var("OPENAI_BASE_URL"), openai_api_key: var("OPENAI_API_KEY") }
     }
 }

@@ -55,7 +55,9 @@ pub fn respond(req: &ModelRequest) -> ModelResponse {
         _ => "",
     };
     let after = last_user.map_or(&req.messages[..], |i| &req.messages[i + 1..]);
-    // Rounds of tool calls the model already made for this user message.
+    // `call`, `parallel` and `badargs` act once: any answer after the user message means done.
+    let answered = after.iter().any(|m| matches!(m, Message::Assistant { .. }));
+    // `repeat` counts the rounds of tool calls already made for this user message.
     let rounds =
         after.iter().filter(|m| matches!(m, Message::Assistant { tool_calls, .. } if !tool_calls.is_empty())).count();
     let last_result = after.iter().rev().find_map(|m| match m {
@@ -65,14 +67,14 @@ pub fn respond(req: &ModelRequest) -> ModelResponse {
 
     let action = match Command::parse(user_text) {
         Some(Command::Call { tool, args }) => {
-            if rounds == 0 {
+            if !answered {
                 Action::Calls(vec![call(format!("call_{n}"), tool, args)])
             } else {
                 Action::Reply(format!("{tool} returned: {}", last_result.unwrap_or("")))
             }
         }
         Some(Command::BadArgs { tool }) => {
-            if rounds == 0 {
+            if !answered {
                 Action::Calls(vec![call(format!("call_{n}"), tool, BAD_ARGUMENTS)])
             } else {
                 Action::Reply(format!("{tool} returned: {}", last_result.unwrap_or("")))
@@ -86,7 +88,7 @@ pub fn respond(req: &ModelRequest) -> ModelResponse {
             }
         }
         Some(Command::Parallel { tools }) => {
-            if rounds == 0 {
+            if !answered {
                 Action::Calls(tools.iter().enumerate().map(|(i, t)| call(format!("call_{n}_{i}"), t, "{}")).collect())
             } else {
                 let results: Vec<String> = after
