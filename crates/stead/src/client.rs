@@ -178,15 +178,48 @@ pub async fn run(args: &ClientArgs, session: &str, text: &str, detach: bool) -> 
     render_run_stream(&c, c.send(req).await?, args.json).await
 }
 
-pub async fn submit(args: &ClientArgs, run: &str, outputs: &[String], detach: bool) -> anyhow::Result<ExitCode> {
+/// The run that waits for tool outputs: `id` itself, or the waiting run of session `id`.
+async fn waiting_run(c: &Client, id: &str) -> anyhow::Result<Value> {
+    if !id.starts_with("sess_") {
+        return c.json(c.request(reqwest::Method::GET, &format!("/v1/runs/{id}"))).await;
+    }
+    let mut after = String::new();
+    loop {
+        let page = c.json(c.request(reqwest::Method::GET, &format!("/v1/sessions/{id}/runs?limit=100{after}"))).await?;
+        if let Some(run) = page["data"].as_array().into_iter().flatten().find(|r| r["status"] == "requires_action") {
+            return Ok(run.clone());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) if page["has_more"].as_bool() == Some(true) => after = format!("&after={cursor}"),
+            _ => bail!("no run of session {id} is waiting for tool outputs"),
+        }
+    }
+}
+
+pub async fn submit(
+    args: &ClientArgs,
+    id: &str,
+    outputs: &[String],
+    answer: Option<&str>,
+    detach: bool,
+) -> anyhow::Result<ExitCode> {
+    let c = Client::new(args)?;
+    let run_record = waiting_run(&c, id).await?;
+    let run = run_record["id"].as_str().unwrap_or(id).to_owned();
     let mut list = Vec::new();
+    if let Some(text) = answer {
+        let calls = run_record["required_action"]["tool_calls"].as_array().cloned().unwrap_or_default();
+        let [call] = calls.as_slice() else {
+            bail!("--answer needs exactly one waiting call; run {run} waits for {}: use --output CALL_ID=TEXT", calls.len());
+        };
+        list.push(json!({"call_id": call["id"], "output": text}));
+    }
     for o in outputs {
         let Some((call_id, output)) = o.split_once('=') else {
             bail!("--output must be CALL_ID=TEXT, got {o:?}");
         };
         list.push(json!({"call_id": call_id, "output": output}));
     }
-    let c = Client::new(args)?;
     let body = json!({"tool_outputs": list, "stream": !detach});
     let req = c.request(reqwest::Method::POST, &format!("/v1/runs/{run}/tool_outputs")).json(&body);
     if detach {

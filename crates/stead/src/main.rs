@@ -146,11 +146,16 @@ enum RunsCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Submit client tool outputs (`--output CALL_ID=TEXT`, repeated) and stream the rest.
+    /// Submit client tool outputs and stream the rest of the run. ID is a run id, or a
+    /// session id to answer the session's run that is waiting.
     Submit {
         id: String,
-        #[arg(long = "output", required = true)]
+        /// `CALL_ID=TEXT`, once per waiting call.
+        #[arg(long = "output", required_unless_present = "answer")]
         outputs: Vec<String>,
+        /// The output, when exactly one call is waiting.
+        #[arg(long, conflicts_with = "outputs")]
+        answer: Option<String>,
         #[arg(long)]
         detach: bool,
         #[command(flatten)]
@@ -216,7 +221,9 @@ fn main() -> ExitCode {
                     client::get_print(&client, &format!("/v1/sessions/{session}/runs?limit=100")).await
                 }
                 RunsCmd::Cancel { id, reason, client } => client::cancel(&client, &id, reason.as_deref()).await,
-                RunsCmd::Submit { id, outputs, detach, client } => client::submit(&client, &id, &outputs, detach).await,
+                RunsCmd::Submit { id, outputs, answer, detach, client } => {
+                    client::submit(&client, &id, &outputs, answer.as_deref(), detach).await
+                }
             },
             Command::Audit(AuditCmd::Verify { session, data_dir, tenant, client }) => {
                 client::audit_verify(&client, &session, data_dir.as_deref(), &tenant).await

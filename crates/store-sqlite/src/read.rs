@@ -253,3 +253,22 @@ pub(crate) fn active_runs(conn: &Connection, tenant: &TenantId, session: &Sessio
         Ok(collect(rows, run_from_row)?.into_iter().map(|(_, r)| r).collect())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("explain");
+        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).expect("plan");
+        rows.map(|r| r.expect("row")).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn print_plans() {
+        let dir = tempfile::tempdir().expect("dir");
+        let conn = crate::schema::open_writer(&dir.path().join("x.db"), crate::Durability::Off).expect("open");
+        println!("WINDOW:\n{}", plan(&conn, MESSAGE_WINDOW));
+        println!("CLAIM:\n{}", plan(&conn, crate::write::CLAIMABLE));
+    }
+}
