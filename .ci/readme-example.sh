@@ -15,7 +15,7 @@ cargo build -q --release -p stead
 cargo run -q --release -p stead -- serve >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 1 100); do
+for _ in $(seq 1 3000); do   # up to 5 minutes: cargo may wait for a build lock
   grep -q "stead listening on" "$work/serve.err" && break
   kill -0 $server 2>/dev/null || { cat "$work/serve.err" >&2; exit 1; }
   sleep 0.1

@@ -173,8 +173,11 @@ pub(crate) fn read_events(
     })
 }
 
-/// Walks the partial index on message events backwards from `up_to`: O(limit).
-pub(crate) const MESSAGE_WINDOW: &str = "SELECT seq, run_id, kind, actor, at, data, hash FROM events \
+/// Walks the partial index on message events backwards from `up_to`: O(limit). Without
+/// `INDEXED BY` the planner prefers the primary key, which also steps over every
+/// non-message event.
+pub(crate) const MESSAGE_WINDOW: &str = "SELECT seq, run_id, kind, actor, at, data, hash \
+     FROM events INDEXED BY events_messages \
      WHERE session_pk = ?1 AND msg = 1 AND seq <= ?2 AND tenant = ?3 ORDER BY seq DESC LIMIT ?4";
 
 pub(crate) fn read_message_window(
@@ -260,15 +263,24 @@ mod tests {
 
     fn plan(conn: &Connection, sql: &str) -> String {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("explain");
-        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).expect("plan");
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let rows = stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3)).expect("plan");
         rows.map(|r| r.expect("row")).collect::<Vec<_>>().join("\n")
     }
 
+    /// The two hot queries must walk their partial indexes, not the tables: the window is
+    /// O(limit) whatever the session's length, and claiming only visits unfinished runs.
     #[test]
-    fn print_plans() {
+    fn hot_queries_use_their_indexes() {
         let dir = tempfile::tempdir().expect("dir");
         let conn = crate::schema::open_writer(&dir.path().join("x.db"), crate::Durability::Off).expect("open");
-        println!("WINDOW:\n{}", plan(&conn, MESSAGE_WINDOW));
-        println!("CLAIM:\n{}", plan(&conn, crate::write::CLAIMABLE));
+        let window = plan(&conn, MESSAGE_WINDOW);
+        assert!(window.contains("USING INDEX events_messages"), "{window}");
+        let claim = plan(&conn, crate::write::CLAIMABLE);
+        assert!(claim.contains("USING INDEX runs_claimable"), "{claim}");
+        assert!(claim.contains("USING INDEX runs_unfinished"), "{claim}");
+        let sessions =
+            plan(&conn, "SELECT * FROM sessions s WHERE s.tenant = ?1 AND s.id < ?2 ORDER BY s.id DESC LIMIT ?3");
+        assert!(sessions.contains("sessions_by_tenant") && !sessions.contains("TEMP B-TREE"), "{sessions}");
     }
 }

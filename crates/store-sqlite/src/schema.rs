@@ -31,7 +31,9 @@ fn open_error(path: &Path, e: rusqlite::Error) -> Error {
 
 /// Opens the write connection: checks the file, sets WAL and durability, migrates.
 pub(crate) fn open_writer(path: &Path, durability: Durability) -> Result<Connection> {
-    let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
+    // No SQLITE_OPEN_URI: a data directory named `file:…` must stay a plain path.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| open_error(path, e))?;
     // Reading the schema parses the header and every schema entry: a file that is not a
     // database, or whose schema is damaged, fails here rather than on first use.
@@ -96,7 +98,7 @@ fn migrate(conn: &Connection, path: &Path, tables: i64) -> Result<()> {
 
 /// A read-only connection to an already opened (and migrated) database.
 pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| open_error(path, e))?;
     Ok(conn)

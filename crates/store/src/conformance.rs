@@ -169,7 +169,8 @@ async fn new_session_with(
         actor: Actor::principal("alice"),
         body: EventBody::SessionCreated { agent: "helper".into(), agent_version: 1, metadata: metadata.clone() },
     };
-    let new = NewSession { tenant_id: tenant.clone(), id, agent: "helper".into(), agent_version: 1, metadata, first_event };
+    let new =
+        NewSession { tenant_id: tenant.clone(), id, agent: "helper".into(), agent_version: 1, metadata, first_event };
     store.create_session(new).await.map(|(s, _)| s)
 }
 
@@ -310,10 +311,7 @@ async fn snapshot(store: &dyn Store, tenant: &TenantId, session: SessionId) -> S
     Snapshot {
         session: store.get_session(tenant, &session).await.expect("get session"),
         events: all_events(store, tenant, session).await,
-        runs: store
-            .list_runs(tenant, &session, &Page { after: None, limit: 1000 })
-            .await
-            .expect("list runs"),
+        runs: store.list_runs(tenant, &session, &Page { after: None, limit: 1000 }).await.expect("list runs"),
     }
 }
 
@@ -412,8 +410,7 @@ pub async fn concurrent_appends_at_one_head_have_one_winner(make: &impl MakeStor
             let t = t.clone();
             tasks.spawn(async move {
                 let run = RunId::new();
-                let events =
-                    vec![run_created(run, &format!("{round}/{i}")), responded(run, vec![], Some("hi"))];
+                let events = vec![run_created(run, &format!("{round}/{i}")), responded(run, vec![], Some("hi"))];
                 (run, store.append(append_req(&t, s, h, events, None)).await)
             });
         }
@@ -939,8 +936,13 @@ pub async fn message_window_is_the_newest_messages_ascending(make: &impl MakeSto
         push(store, &t, s, vec![responded(run, vec![call("c1", "clock")], None), tool_started(run, "c1", "clock")])
             .await;
         push(store, &t, s, vec![tool_completed(run, "c1", "clock", "noon")]).await;
-        push(store, &t, s, vec![cancel_requested(run, "meh"), responded(run, vec![], Some("a")), run_completed(run, "a")])
-            .await;
+        push(
+            store,
+            &t,
+            s,
+            vec![cancel_requested(run, "meh"), responded(run, vec![], Some("a")), run_completed(run, "a")],
+        )
+        .await;
     }
     let log = verified_log(store, &t, s).await;
     let messages: Vec<&Event> = log.iter().filter(|e| e.body.is_message()).collect();
@@ -1075,7 +1077,10 @@ pub async fn limits_refuse_and_write_nothing(make: &impl MakeStore) {
     push(store, &t, s, (0..4).map(|i| cancel_requested(run, &format!("{i}"))).collect()).await;
     assert_eq!(head(store, &t, s).await, 6, "up to the limit is fine");
     let full = snapshot(store, &t, s).await;
-    assert!(matches!(try_push(store, &t, s, vec![cancel_requested(run, "7")], None).await, Err(Error::LimitExceeded(_))));
+    assert!(matches!(
+        try_push(store, &t, s, vec![cancel_requested(run, "7")], None).await,
+        Err(Error::LimitExceeded(_))
+    ));
     assert_eq!(snapshot(store, &t, s).await, full);
 
     let s2 = new_session(store, &t).await.id;
