@@ -210,7 +210,10 @@ pub async fn submit(
     if let Some(text) = answer {
         let calls = run_record["required_action"]["tool_calls"].as_array().cloned().unwrap_or_default();
         let [call] = calls.as_slice() else {
-            bail!("--answer needs exactly one waiting call; run {run} waits for {}: use --output CALL_ID=TEXT", calls.len());
+            bail!(
+                "--answer needs exactly one waiting call; run {run} waits for {}: use --output CALL_ID=TEXT",
+                calls.len()
+            );
         };
         list.push(json!({"call_id": call["id"], "output": text}));
     }
