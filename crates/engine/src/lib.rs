@@ -396,7 +396,9 @@ impl Engine {
             };
             match store.append(req).await {
                 Ok(_) => return Ok(store.get_run(tenant, run_id).await?),
-                Err(stead_store::Error::Conflict { .. }) => backoff(attempt).await,
+                Err(stead_store::Error::Conflict { .. } | stead_store::Error::InvalidTransition { .. }) => {
+                    backoff(attempt).await
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -216,8 +216,8 @@ impl RunDriver {
             agent,
             engine,
         };
-        for e in &window {
-            driver.remember(e);
+        for e in conversation_order(window, driver.run_id, driver.state.created_seq) {
+            driver.remember(&e);
         }
         Ok(driver)
     }
@@ -310,13 +310,21 @@ impl RunDriver {
                 // intent is durable before the effect, at the cost of no extra fsync.
                 let mut tentative = self.state.clone();
                 let mut bodies = vec![body.clone()];
+                let mut to_run = Vec::new();
                 if tentative.apply(Timestamp::now(), &body).is_ok()
-                    && let Decision::RunTools { to_start, .. } = self.decide(&tentative)
+                    && let Decision::RunTools { calls, to_start } = self.decide(&tentative)
                 {
                     bodies.extend(self.start_bodies(step, &to_start));
+                    to_run = calls;
                 }
                 self.commit(bodies).await?;
                 fault::point(fault::AFTER_MODEL_RECORDED, &self.run_id).await;
+                // Run what this process just recorded the intent for, without going back
+                // through `decide`: to `decide`, a started call without a result means "started
+                // before a crash", which for a non-idempotent tool is an unknown outcome.
+                if !to_run.is_empty() && self.state.cancel_requested.is_none() {
+                    return self.run_tools(to_run, Vec::new()).await;
+                }
                 Ok(())
             }
             Err(e) if e.kind == ErrorKind::Cancelled => {
@@ -509,6 +517,26 @@ impl RunDriver {
     }
 }
 
+/// Orders a window of the log as a conversation. Runs of a session execute one after the
+/// other, but input for a queued run is logged when it arrives — possibly in the middle of an
+/// earlier run's tool exchange. The conversation puts each run's events after every earlier
+/// run's, i.e. orders by (the run's `run_created` seq, seq). Runs whose `run_created` is
+/// before the window are the earliest; `me` is known even if its input is cut off.
+fn conversation_order(mut window: Vec<Event>, me: RunId, my_created_seq: u64) -> Vec<Event> {
+    let created: std::collections::HashMap<RunId, u64> = window
+        .iter()
+        .filter(|e| matches!(e.body, EventBody::RunCreated { .. }))
+        .filter_map(|e| e.run_id.map(|r| (r, e.seq)))
+        .collect();
+    let run_order = |e: &Event| match e.run_id {
+        Some(r) if r == me => my_created_seq,
+        Some(r) => created.get(&r).copied().unwrap_or(0),
+        None => 0,
+    };
+    window.sort_by_key(|e| (run_order(e), e.seq));
+    window
+}
+
 fn is_terminal_body(b: &EventBody) -> bool {
     matches!(b, EventBody::RunCompleted { .. } | EventBody::RunFailed { .. } | EventBody::RunCancelled { .. })
 }
@@ -532,6 +560,53 @@ fn truncate_output(mut out: ToolOutput, max: usize) -> ToolOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queued_input_follows_the_earlier_runs_exchange() {
+        use stead_core::event::Actor;
+        use stead_core::message::Usage;
+        let (a, b) = (RunId::new(), RunId::new());
+        let ev = |seq: u64, run: RunId, body: EventBody| Event {
+            tenant_id: TenantId::default_tenant(),
+            session_id: SessionId::new(),
+            seq,
+            run_id: Some(run),
+            actor: Actor::system(),
+            at: Timestamp(0),
+            body,
+            hash: String::new(),
+        };
+        let input = |t: &str| EventBody::RunCreated { input: vec![Message::User { content: t.into() }] };
+        let call = ToolCall { id: "c".into(), name: "t".into(), arguments: "{}".into() };
+        let log = vec![
+            ev(2, a, input("A")),
+            ev(
+                3,
+                a,
+                EventBody::ModelResponded {
+                    step: 1,
+                    model: "m".into(),
+                    content: None,
+                    tool_calls: vec![call],
+                    usage: Usage::default(),
+                    finish_reason: "tool_calls".into(),
+                },
+            ),
+            ev(4, b, input("B")), // arrived while A was waiting for its tool
+            ev(
+                5,
+                a,
+                EventBody::ToolCallCompleted {
+                    call_id: "c".into(),
+                    name: "t".into(),
+                    output: "r".into(),
+                    is_error: false,
+                },
+            ),
+        ];
+        let order: Vec<u64> = conversation_order(log, b, 4).iter().map(|e| e.seq).collect();
+        assert_eq!(order, vec![2, 3, 5, 4]);
+    }
 
     #[test]
     fn truncation_is_explicit_and_respects_utf8() {
