@@ -1,9 +1,12 @@
 //! Agent definitions: a declarative spec (YAML or JSON), validated before it is stored.
 //! Versions are immutable; a session pins one.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::approval::ApprovalRule;
 
 /// The declarative definition of an agent, as a user writes it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,6 +21,9 @@ pub struct AgentSpec {
     pub instructions: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolSpec>,
+    /// MCP servers whose tools the agent may call (named `SERVER__TOOL` to the model).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<McpServerSpec>,
     #[serde(default)]
     pub limits: Limits,
     /// What happens to input that arrives while a run is active.
@@ -87,7 +93,68 @@ pub enum ToolKind {
     Builtin,
     /// Runs in the client: the run stops in `requires_action` until outputs are submitted.
     Client,
+    /// An HTTP request described by `http` (see [`HttpSpec`]).
+    Http,
 }
+
+/// A `type: http` tool: one HTTP request per call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    /// GET, POST, PUT, PATCH or DELETE.
+    pub method: String,
+    /// URL template: `{name}` takes the argument `name` as a path segment; other arguments go
+    /// to the query (GET, DELETE) or the JSON body.
+    pub url: String,
+    /// Values may contain `${env:VAR}`, read from the server's environment at call time, so
+    /// credentials never enter the spec, the log or an export.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// An MCP server: a command speaking stdio, or a Streamable HTTP URL.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerSpec {
+    /// `[a-z0-9_-]`; prefixes its tools' names (`NAME__TOOL`).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Values may contain `${env:VAR}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Values may contain `${env:VAR}`; never recorded in the log.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Only these tools are offered (default: all the server lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tools: Option<Vec<String>>,
+    /// Default for this server's tools.
+    #[serde(default, skip_serializing_if = "ApprovalRule::is_never")]
+    pub require_approval: ApprovalRule,
+    /// Per-tool overrides of approval and idempotency, by the server's tool name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tool_overrides: BTreeMap<String, ToolOverride>,
+    #[serde(default = "default_tool_timeout")]
+    pub timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_approval: Option<ApprovalRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotent: Option<bool>,
+}
+
+/// Who decides approvals by default, and how long they have.
+pub const DEFAULT_APPROVER_ROLE: &str = "approver";
+pub const DEFAULT_APPROVAL_TIMEOUT_SECS: u64 = 24 * 3600;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,6 +173,18 @@ pub struct ToolSpec {
     /// Per-call timeout for server-side tools.
     #[serde(default = "default_tool_timeout")]
     pub timeout_secs: u64,
+    /// For `type: http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
+    /// `never` (default), `always`, or `{when: CONDITION}` on the arguments.
+    #[serde(default, skip_serializing_if = "ApprovalRule::is_never")]
+    pub require_approval: ApprovalRule,
+    /// The role a principal needs to decide this tool's approvals (default `approver`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver_role: Option<String>,
+    /// How long an approval waits before it expires (default 24 h); the model is told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_timeout_secs: Option<u64>,
 }
 
 fn default_tool_timeout() -> u64 {
@@ -262,6 +341,56 @@ impl AgentSpec {
             }
             if tool.timeout_secs == 0 || tool.timeout_secs > 3600 {
                 return bad(&format!("tools[{i}].timeout_secs"), "must be between 1 and 3600");
+            }
+        }
+        for (i, tool) in self.tools.iter().enumerate() {
+            if let ApprovalRule::When(c) = &tool.require_approval {
+                c.validate(&format!("tools[{i}].require_approval.when")).map_err(Error::InvalidAgentSpec)?;
+            }
+            if tool.approval_timeout_secs == Some(0) {
+                return bad(&format!("tools[{i}].approval_timeout_secs"), "must be at least 1");
+            }
+            match (tool.kind, &tool.http) {
+                (ToolKind::Http, None) => return bad(&format!("tools[{i}].http"), "a `type: http` tool needs `http`"),
+                (ToolKind::Http, Some(h)) => {
+                    let m = h.method.to_ascii_uppercase();
+                    if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&m.as_str()) {
+                        return bad(&format!("tools[{i}].http.method"), "use GET, POST, PUT, PATCH or DELETE");
+                    }
+                    if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                        return bad(&format!("tools[{i}].http.url"), "must start with http:// or https://");
+                    }
+                }
+                (_, Some(_)) => return bad(&format!("tools[{i}].http"), "only `type: http` tools take `http`"),
+                _ => {}
+            }
+            if tool.kind == ToolKind::Client && !tool.require_approval.is_never() {
+                return bad(&format!("tools[{i}].require_approval"), "client tools run in the client; approve there");
+            }
+        }
+        let mut servers = std::collections::HashSet::new();
+        for (i, m) in self.mcp_servers.iter().enumerate() {
+            if !is_slug(&m.name) || m.name.contains("__") {
+                return bad(&format!("mcp_servers[{i}].name"), "use [a-z0-9_-] (no `__`)");
+            }
+            if !servers.insert(m.name.as_str()) {
+                return bad(&format!("mcp_servers[{i}].name"), &format!("duplicate server name `{}`", m.name));
+            }
+            match (&m.command, &m.url) {
+                (Some(c), None) if !c.trim().is_empty() => {}
+                (None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {}
+                _ => {
+                    return bad(
+                        &format!("mcp_servers[{i}]"),
+                        "give either `command` (stdio) or `url` (http:// or https://), not both",
+                    );
+                }
+            }
+            if let ApprovalRule::When(c) = &m.require_approval {
+                c.validate(&format!("mcp_servers[{i}].require_approval.when")).map_err(Error::InvalidAgentSpec)?;
+            }
+            if m.timeout_secs == 0 || m.timeout_secs > 3600 {
+                return bad(&format!("mcp_servers[{i}].timeout_secs"), "must be between 1 and 3600");
             }
         }
         if self.limits.max_steps == 0 || self.limits.max_steps > 10_000 {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ids::{RunId, SessionId, TenantId};
+use crate::ids::{ApprovalId, RunId, SessionId, TenantId};
 use crate::message::{Message, ToolCall, Usage};
 use crate::time::Timestamp;
 
@@ -85,6 +85,38 @@ pub enum EventBody {
     RunRequiresAction {
         tool_calls: Vec<ToolCall>,
     },
+    /// A person must decide before the call can go on (or, for `outcome_unknown`, how to
+    /// settle a call that may or may not have had its effect).
+    ApprovalRequested {
+        approval_id: ApprovalId,
+        kind: ApprovalKind,
+        call_id: String,
+        name: String,
+        arguments: String,
+        /// The role a decider must hold.
+        role: String,
+        expires_at: Timestamp,
+        reason: String,
+    },
+    ApprovalDecided {
+        approval_id: ApprovalId,
+        call_id: String,
+        decision: ApprovalDecision,
+        /// `principal:<id>` of the decider, or `system` for an expiry.
+        decided_by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// `approve` may replace the arguments the call runs with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        arguments: Option<String>,
+        /// `skip` supplies the result the model is told.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+    },
+    /// The run waits for decisions. Holds no worker.
+    RunAwaitingApproval {
+        approval_ids: Vec<ApprovalId>,
+    },
     RunCancelRequested {
         reason: String,
     },
@@ -110,6 +142,9 @@ impl EventBody {
             EventBody::ToolCallStarted { .. } => "tool_call_started",
             EventBody::ToolCallCompleted { .. } => "tool_call_completed",
             EventBody::RunRequiresAction { .. } => "run_requires_action",
+            EventBody::ApprovalRequested { .. } => "approval_requested",
+            EventBody::ApprovalDecided { .. } => "approval_decided",
+            EventBody::RunAwaitingApproval { .. } => "run_awaiting_approval",
             EventBody::RunCancelRequested { .. } => "run_cancel_requested",
             EventBody::RunCompleted { .. } => "run_completed",
             EventBody::RunFailed { .. } => "run_failed",
@@ -139,6 +174,60 @@ impl EventBody {
                 is_error: *is_error,
             }],
             _ => Vec::new(),
+        }
+    }
+}
+
+/// What an approval is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalKind {
+    /// May this call run? Decided with `approve` or `deny`.
+    ToolCall,
+    /// A non-idempotent call started but its result was not recorded (a crash): did it
+    /// happen? Decided with `retry`, `skip` (with the result to report) or `fail`.
+    OutcomeUnknown,
+}
+
+impl ApprovalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalKind::ToolCall => "tool_call",
+            ApprovalKind::OutcomeUnknown => "outcome_unknown",
+        }
+    }
+
+    /// Whether `d` answers this kind of question (`expire` answers both).
+    pub fn accepts(self, d: ApprovalDecision) -> bool {
+        use ApprovalDecision as D;
+        match self {
+            ApprovalKind::ToolCall => matches!(d, D::Approve | D::Deny | D::Expire),
+            ApprovalKind::OutcomeUnknown => matches!(d, D::Retry | D::Skip | D::Fail | D::Expire),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalDecision {
+    Approve,
+    Deny,
+    /// Nobody decided in time.
+    Expire,
+    Retry,
+    Skip,
+    Fail,
+}
+
+impl ApprovalDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalDecision::Approve => "approve",
+            ApprovalDecision::Deny => "deny",
+            ApprovalDecision::Expire => "expire",
+            ApprovalDecision::Retry => "retry",
+            ApprovalDecision::Skip => "skip",
+            ApprovalDecision::Fail => "fail",
         }
     }
 }

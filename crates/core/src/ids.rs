@@ -85,6 +85,11 @@ prefixed_id!(
     "run"
 );
 prefixed_id!(
+    /// A request for a person's decision on a tool call.
+    ApprovalId,
+    "apr"
+);
+prefixed_id!(
     /// One immutable version of an agent definition.
     AgentVersionId,
     "agv"

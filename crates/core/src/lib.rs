@@ -2,6 +2,7 @@
 //! parts of the agent loop (`fold`, `decide`, context building). No I/O lives here.
 
 pub mod agent;
+pub mod approval;
 pub mod context;
 pub mod error;
 pub mod event;

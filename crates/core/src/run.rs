@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentSpec;
-use crate::event::{ErrorInfo, EventBody};
+use crate::event::{ApprovalDecision, ApprovalKind, ErrorInfo, EventBody};
+use crate::ids::ApprovalId;
 use crate::message::{Message, ToolCall, Usage};
 use crate::time::Timestamp;
 
@@ -17,6 +18,8 @@ pub enum RunStatus {
     Running,
     /// Waiting for the client to submit tool outputs. Holds no worker.
     RequiresAction,
+    /// Waiting for a person's decision on a tool call. Holds no worker.
+    AwaitingApproval,
     Completed,
     Failed,
     Cancelled,
@@ -28,6 +31,7 @@ impl RunStatus {
             RunStatus::Queued => "queued",
             RunStatus::Running => "running",
             RunStatus::RequiresAction => "requires_action",
+            RunStatus::AwaitingApproval => "awaiting_approval",
             RunStatus::Completed => "completed",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
@@ -39,6 +43,7 @@ impl RunStatus {
             "queued" => RunStatus::Queued,
             "running" => RunStatus::Running,
             "requires_action" => RunStatus::RequiresAction,
+            "awaiting_approval" => RunStatus::AwaitingApproval,
             "completed" => RunStatus::Completed,
             "failed" => RunStatus::Failed,
             "cancelled" => RunStatus::Cancelled,
@@ -66,6 +71,36 @@ pub struct PendingCall {
     /// Handed to the client (`requires_action`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub awaiting_client: bool,
+    /// The latest approval asked about this call, and its decision once made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<CallApproval>,
+    /// Arguments an approver substituted; the call runs with these (also on a retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_arguments: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallApproval {
+    pub id: ApprovalId,
+    pub kind: ApprovalKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<ApprovalDecision>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Arguments an approver substituted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+    /// The result a `skip` supplied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+impl PendingCall {
+    fn undecided_approval(&self) -> bool {
+        self.approval.as_ref().is_some_and(|a| a.decision.is_none())
+    }
 }
 
 /// The fold of one run's events. Small and bounded (no history), so the store keeps it as
@@ -142,7 +177,13 @@ impl RunState {
                 self.needs_model = !tool_calls.is_empty();
                 self.pending = tool_calls
                     .iter()
-                    .map(|c| PendingCall { call: c.clone(), idempotency_key: None, awaiting_client: false })
+                    .map(|c| PendingCall {
+                        call: c.clone(),
+                        idempotency_key: None,
+                        awaiting_client: false,
+                        approval: None,
+                        approved_arguments: None,
+                    })
                     .collect();
                 self.status = RunStatus::Running;
             }
@@ -151,8 +192,80 @@ impl RunState {
                 if p.awaiting_client {
                     return Err(format!("tool call {call_id:?} belongs to the client"));
                 }
+                if let Some(a) = &p.approval
+                    && a.kind == ApprovalKind::ToolCall
+                    && a.decision != Some(ApprovalDecision::Approve)
+                {
+                    return Err(format!("tool call {call_id:?} has no approval to start"));
+                }
                 p.idempotency_key = Some(idempotency_key.clone());
                 self.status = RunStatus::Running;
+            }
+            EventBody::ApprovalRequested { approval_id, kind, call_id, .. } => {
+                let p = self.pending_mut(call_id)?;
+                if p.awaiting_client {
+                    return Err(format!("tool call {call_id:?} belongs to the client"));
+                }
+                match kind {
+                    ApprovalKind::ToolCall if p.idempotency_key.is_some() || p.approval.is_some() => {
+                        return Err(format!("tool call {call_id:?} was already started or asked about"));
+                    }
+                    ApprovalKind::OutcomeUnknown if p.idempotency_key.is_none() || p.undecided_approval() => {
+                        return Err(format!("tool call {call_id:?} has no unknown outcome to ask about"));
+                    }
+                    _ => {}
+                }
+                p.approval = Some(CallApproval {
+                    id: *approval_id,
+                    kind: *kind,
+                    decision: None,
+                    decided_by: None,
+                    reason: None,
+                    arguments: None,
+                    output: None,
+                });
+            }
+            EventBody::ApprovalDecided { approval_id, call_id, decision, decided_by, reason, arguments, output } => {
+                let p = self.pending_mut(call_id)?;
+                let a = p
+                    .approval
+                    .as_mut()
+                    .filter(|a| &a.id == approval_id)
+                    .ok_or_else(|| format!("approval {approval_id} is not open for call {call_id:?}"))?;
+                if a.decision.is_some() {
+                    return Err(format!("approval {approval_id} is already decided"));
+                }
+                if !a.kind.accepts(*decision) {
+                    return Err(format!("`{}` does not answer a `{}` approval", decision.as_str(), a.kind.as_str()));
+                }
+                a.decision = Some(*decision);
+                a.decided_by = Some(decided_by.clone());
+                a.reason = reason.clone();
+                a.arguments = arguments.clone();
+                a.output = output.clone();
+                if *decision == ApprovalDecision::Approve && arguments.is_some() {
+                    p.approved_arguments = arguments.clone();
+                }
+                if self.status == RunStatus::AwaitingApproval
+                    && !self.pending.iter().any(PendingCall::undecided_approval)
+                {
+                    self.status = RunStatus::Queued;
+                }
+            }
+            EventBody::RunAwaitingApproval { approval_ids } => {
+                if approval_ids.is_empty() {
+                    return Err("a run awaits approval of at least one call".into());
+                }
+                for id in approval_ids {
+                    if !self
+                        .pending
+                        .iter()
+                        .any(|p| p.undecided_approval() && p.approval.as_ref().is_some_and(|a| &a.id == id))
+                    {
+                        return Err(format!("approval {id} is not open in this run"));
+                    }
+                }
+                self.status = RunStatus::AwaitingApproval;
             }
             EventBody::ToolCallCompleted { call_id, .. } => {
                 self.pending_mut(call_id)?;
@@ -208,6 +321,22 @@ pub enum ToolClass {
     Unknown,
 }
 
+/// What the agent says about one particular call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolPolicy {
+    pub class: ToolClass,
+    /// Why this call needs a person's approval first, if it does.
+    pub approval: Option<String>,
+}
+
+/// A question for a person that `decide` wants asked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApprovalRequest {
+    pub call: ToolCall,
+    pub kind: ApprovalKind,
+    pub reason: String,
+}
+
 /// The next thing a run must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
@@ -219,6 +348,18 @@ pub enum Decision {
     RunTools {
         calls: Vec<ToolCall>,
         to_start: Vec<ToolCall>,
+    },
+    /// Ask people: record these approval requests.
+    RequestApprovals {
+        requests: Vec<ApprovalRequest>,
+    },
+    /// Record results that need no execution (a denial, an expiry, a skip): (call, output, is_error).
+    RecordResults {
+        results: Vec<(ToolCall, String, bool)>,
+    },
+    /// Wait for these decisions, holding no worker.
+    AwaitApproval {
+        approval_ids: Vec<ApprovalId>,
     },
     /// Hand these calls to the client and wait.
     AwaitClient {
@@ -236,8 +377,17 @@ pub enum Decision {
 }
 
 /// Chooses the next step. Pure: same inputs, same answer — which is what makes recovery safe.
-pub fn decide(agent: &AgentSpec, run: &RunState, now: Timestamp, class_of: &dyn Fn(&str) -> ToolClass) -> Decision {
-    if run.status.is_terminal() || run.status == RunStatus::RequiresAction {
+///
+/// For the pending calls of a model response, in this order: ask for every approval that is
+/// needed (people see requests as early as possible), record results that need no execution,
+/// run what may run, then wait for decisions, then for the client.
+pub fn decide(
+    agent: &AgentSpec,
+    run: &RunState,
+    now: Timestamp,
+    policy_of: &dyn Fn(&ToolCall) -> ToolPolicy,
+) -> Decision {
+    if run.status.is_terminal() || matches!(run.status, RunStatus::RequiresAction | RunStatus::AwaitingApproval) {
         return Decision::Idle;
     }
     if let Some(reason) = &run.cancel_requested {
@@ -254,37 +404,112 @@ pub fn decide(agent: &AgentSpec, run: &RunState, now: Timestamp, class_of: &dyn 
         ));
     }
     if !run.pending.is_empty() {
+        let mut requests = Vec::new();
+        let mut results = Vec::new();
         let mut calls = Vec::new();
         let mut to_start = Vec::new();
+        let mut waiting = Vec::new();
         let mut client = Vec::new();
         for p in &run.pending {
-            match class_of(&p.call.name) {
-                ToolClass::Client => client.push(p.call.clone()),
-                ToolClass::Server { idempotent } => {
-                    if p.idempotency_key.is_some() && !idempotent {
-                        return Decision::Fail(ErrorInfo::new(
-                            "tool_outcome_unknown",
-                            format!(
-                                "tool `{}` (call {}) started but its result was not recorded, and it is not idempotent, so it is not run again",
-                                p.call.name, p.call.id
-                            ),
-                        ));
-                    }
-                    if p.idempotency_key.is_none() {
-                        to_start.push(p.call.clone());
-                    }
-                    calls.push(p.call.clone());
+            let policy = policy_of(&p.call);
+            let runnable = || {
+                let mut c = p.call.clone();
+                if let Some(args) = &p.approved_arguments {
+                    c.arguments = args.clone();
                 }
-                ToolClass::Unknown => {
-                    if p.idempotency_key.is_none() {
-                        to_start.push(p.call.clone());
-                    }
-                    calls.push(p.call.clone());
+                c
+            };
+            let idempotent = match policy.class {
+                ToolClass::Client => {
+                    client.push(p.call.clone());
+                    continue;
                 }
+                ToolClass::Server { idempotent } => idempotent,
+                // Nothing runs for an unknown tool, so "running it again" is harmless.
+                ToolClass::Unknown => true,
+            };
+            let approval = p.approval.as_ref();
+            if p.idempotency_key.is_some() {
+                // Started before, no result recorded: a crash in between.
+                if idempotent {
+                    calls.push(runnable());
+                    continue;
+                }
+                match approval.filter(|a| a.kind == ApprovalKind::OutcomeUnknown) {
+                    None => requests.push(ApprovalRequest {
+                        call: p.call.clone(),
+                        kind: ApprovalKind::OutcomeUnknown,
+                        reason: format!(
+                            "tool `{}` started but its result was not recorded, and it is not idempotent: did it take effect? retry, skip (with the result), or fail the run",
+                            p.call.name
+                        ),
+                    }),
+                    Some(a) => match a.decision {
+                        None => waiting.push(a.id),
+                        Some(ApprovalDecision::Retry) => calls.push(runnable()),
+                        Some(ApprovalDecision::Skip) => {
+                            results.push((p.call.clone(), a.output.clone().unwrap_or_default(), false))
+                        }
+                        Some(_) => {
+                            return Decision::Fail(ErrorInfo::new(
+                                "tool_outcome_unknown",
+                                format!(
+                                    "tool `{}` (call {}) may or may not have taken effect; {} decided to fail the run{}",
+                                    p.call.name,
+                                    p.call.id,
+                                    a.decided_by.as_deref().unwrap_or("nobody"),
+                                    a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                                ),
+                            ));
+                        }
+                    },
+                }
+                continue;
             }
+            match approval {
+                Some(a) if a.kind == ApprovalKind::ToolCall => match a.decision {
+                    None => waiting.push(a.id),
+                    Some(ApprovalDecision::Approve) => {
+                        to_start.push(runnable());
+                        calls.push(runnable());
+                    }
+                    Some(ApprovalDecision::Expire) => results.push((
+                        p.call.clone(),
+                        "error: this call needed approval and nobody decided in time (the approval expired); it did not run".into(),
+                        true,
+                    )),
+                    Some(_) => results.push((
+                        p.call.clone(),
+                        format!(
+                            "error: this call was denied by {}{}; it did not run",
+                            a.decided_by.as_deref().unwrap_or("an approver"),
+                            a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                        ),
+                        true,
+                    )),
+                },
+                _ => match policy.approval {
+                    Some(reason) => {
+                        requests.push(ApprovalRequest { call: p.call.clone(), kind: ApprovalKind::ToolCall, reason })
+                    }
+                    None => {
+                        to_start.push(runnable());
+                        calls.push(runnable());
+                    }
+                },
+            }
+        }
+        if !requests.is_empty() {
+            return Decision::RequestApprovals { requests };
+        }
+        if !results.is_empty() {
+            return Decision::RecordResults { results };
         }
         if !calls.is_empty() {
             return Decision::RunTools { calls, to_start };
+        }
+        if !waiting.is_empty() {
+            return Decision::AwaitApproval { approval_ids: waiting };
         }
         return Decision::AwaitClient { calls: client };
     }
@@ -318,6 +543,7 @@ pub fn input_messages(text: &str) -> Vec<Message> {
 mod tests {
     use super::*;
     use crate::agent::{AgentSpec, SpecFormat};
+    use crate::ids::ApprovalId;
 
     fn agent() -> AgentSpec {
         AgentSpec::parse(
@@ -327,13 +553,15 @@ mod tests {
         .unwrap()
     }
 
-    fn classes(name: &str) -> ToolClass {
-        match name {
+    fn classes(call: &ToolCall) -> ToolPolicy {
+        let class = match call.name.as_str() {
             "clock" => ToolClass::Server { idempotent: true },
-            "charge" => ToolClass::Server { idempotent: false },
+            "charge" | "pay" => ToolClass::Server { idempotent: false },
             "ask" => ToolClass::Client,
             _ => ToolClass::Unknown,
-        }
+        };
+        let approval = (call.name == "pay").then(|| "payments need approval".to_owned());
+        ToolPolicy { class, approval }
     }
 
     fn call(id: &str, name: &str) -> ToolCall {
@@ -444,20 +672,136 @@ mod tests {
         assert_eq!(decide(&a, &r, T0, &classes), Decision::CallModel { step: 2 });
     }
 
+    fn decided(id: ApprovalId, call_id: &str, decision: ApprovalDecision) -> EventBody {
+        EventBody::ApprovalDecided {
+            approval_id: id,
+            call_id: call_id.into(),
+            decision,
+            decided_by: "principal:boss".into(),
+            reason: Some("because".into()),
+            arguments: None,
+            output: Some("it happened".into()),
+        }
+    }
+
+    fn requested(id: ApprovalId, call_id: &str, kind: ApprovalKind) -> EventBody {
+        EventBody::ApprovalRequested {
+            approval_id: id,
+            kind,
+            call_id: call_id.into(),
+            name: "x".into(),
+            arguments: "{}".into(),
+            role: "approver".into(),
+            expires_at: T0,
+            reason: "r".into(),
+        }
+    }
+
+    fn started(call_id: &str) -> EventBody {
+        EventBody::ToolCallStarted { call_id: call_id.into(), name: "x".into(), idempotency_key: "k".into() }
+    }
+
     #[test]
-    fn non_idempotent_started_call_is_not_retried() {
+    fn non_idempotent_started_call_asks_a_person_and_follows_the_decision() {
         let a = agent();
-        let mut r = RunState::created(2, T0);
-        r.apply(T0, &responded(vec![call("c1", "charge")], None)).unwrap();
-        r.apply(
-            T0,
-            &EventBody::ToolCallStarted { call_id: "c1".into(), name: "charge".into(), idempotency_key: "k".into() },
-        )
-        .unwrap();
+        let crashed = || {
+            let mut r = RunState::created(2, T0);
+            r.apply(T0, &responded(vec![call("c1", "charge")], None)).unwrap();
+            r.apply(T0, &started("c1")).unwrap();
+            r
+        };
+        let r = crashed();
         match decide(&a, &r, T0, &classes) {
-            Decision::Fail(e) => assert_eq!(e.code, "tool_outcome_unknown"),
+            Decision::RequestApprovals { requests } => {
+                assert_eq!(requests.len(), 1);
+                assert_eq!(requests[0].kind, ApprovalKind::OutcomeUnknown);
+            }
             d => panic!("unexpected {d:?}"),
         }
+        let id = ApprovalId::new();
+        for (decision, expect) in [
+            (ApprovalDecision::Retry, "run"),
+            (ApprovalDecision::Skip, "record"),
+            (ApprovalDecision::Fail, "fail"),
+            (ApprovalDecision::Expire, "fail"),
+        ] {
+            let mut r = crashed();
+            r.apply(T0, &requested(id, "c1", ApprovalKind::OutcomeUnknown)).unwrap();
+            r.apply(T0, &EventBody::RunAwaitingApproval { approval_ids: vec![id] }).unwrap();
+            assert_eq!(r.status, RunStatus::AwaitingApproval);
+            assert_eq!(decide(&a, &r, T0, &classes), Decision::Idle);
+            assert!(
+                r.apply(T0, &decided(id, "c1", ApprovalDecision::Approve)).is_err(),
+                "approve does not answer this"
+            );
+            r.apply(T0, &decided(id, "c1", decision)).unwrap();
+            assert_eq!(r.status, RunStatus::Queued, "decided: resumable by any worker");
+            match (decide(&a, &r, T0, &classes), expect) {
+                (Decision::RunTools { to_start, .. }, "run") => assert!(to_start.is_empty(), "same key, no new intent"),
+                (Decision::RecordResults { results }, "record") => assert_eq!(results[0].1, "it happened"),
+                (Decision::Fail(e), "fail") => assert_eq!(e.code, "tool_outcome_unknown"),
+                (d, e) => panic!("{decision:?}: expected {e}, got {d:?}"),
+            }
+            assert!(r.apply(T0, &decided(id, "c1", decision)).is_err(), "decisions are single-use");
+        }
+    }
+
+    #[test]
+    fn approvals_gate_calls_and_denials_reach_the_model() {
+        let a = agent();
+        let mut r = RunState::created(2, T0);
+        r.apply(T0, &responded(vec![call("c1", "pay"), call("c2", "clock")], None)).unwrap();
+        // Ask first, before anything runs.
+        let Decision::RequestApprovals { requests } = decide(&a, &r, T0, &classes) else { panic!() };
+        assert_eq!(requests.iter().map(|q| q.call.id.as_str()).collect::<Vec<_>>(), vec!["c1"]);
+        let id = ApprovalId::new();
+        r.apply(T0, &requested(id, "c1", ApprovalKind::ToolCall)).unwrap();
+        assert!(r.apply(T0, &started("c1")).is_err(), "no start without approval");
+        // The unrelated call runs meanwhile; then the run waits.
+        let Decision::RunTools { calls, .. } = decide(&a, &r, T0, &classes) else { panic!() };
+        assert_eq!(calls, vec![call("c2", "clock")]);
+        r.apply(T0, &started("c2")).unwrap();
+        r.apply(
+            T0,
+            &EventBody::ToolCallCompleted {
+                call_id: "c2".into(),
+                name: "clock".into(),
+                output: "t".into(),
+                is_error: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(decide(&a, &r, T0, &classes), Decision::AwaitApproval { approval_ids: vec![id] });
+        r.apply(T0, &EventBody::RunAwaitingApproval { approval_ids: vec![id] }).unwrap();
+        // Approved with edited arguments: it runs with those.
+        let mut approved = r.clone();
+        approved
+            .apply(
+                T0,
+                &EventBody::ApprovalDecided {
+                    approval_id: id,
+                    call_id: "c1".into(),
+                    decision: ApprovalDecision::Approve,
+                    decided_by: "principal:boss".into(),
+                    reason: None,
+                    arguments: Some(r#"{"amount": 5}"#.into()),
+                    output: None,
+                },
+            )
+            .unwrap();
+        let Decision::RunTools { calls, to_start } = decide(&a, &approved, T0, &classes) else { panic!() };
+        assert_eq!(calls[0].arguments, r#"{"amount": 5}"#);
+        assert_eq!(to_start.len(), 1);
+        approved.apply(T0, &started("c1")).unwrap();
+        // Denied: the model is told who denied it and why; nothing runs.
+        let mut denied = r.clone();
+        denied.apply(T0, &decided(id, "c1", ApprovalDecision::Deny)).unwrap();
+        let Decision::RecordResults { results } = decide(&a, &denied, T0, &classes) else { panic!() };
+        assert!(results[0].2 && results[0].1.contains("denied by principal:boss: because"), "{results:?}");
+        let mut expired = r.clone();
+        expired.apply(T0, &decided(id, "c1", ApprovalDecision::Expire)).unwrap();
+        let Decision::RecordResults { results } = decide(&a, &expired, T0, &classes) else { panic!() };
+        assert!(results[0].1.contains("expired"));
     }
 
     #[test]

@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use stead_core::agent::{AgentSpec, ToolKind};
+use stead_core::agent::{DEFAULT_APPROVAL_TIMEOUT_SECS, DEFAULT_APPROVER_ROLE};
 use stead_core::context::build_context;
 use stead_core::event::{Actor, ErrorInfo, Event, EventBody, NewEvent};
+use stead_core::ids::ApprovalId;
 use stead_core::ids::{RunId, SessionId, TenantId};
 use stead_core::message::{Message, ToolCall, ToolDef};
-use stead_core::run::{Decision, RunState, RunStatus, ToolClass, decide, idempotency_key};
+use stead_core::run::{ApprovalRequest, Decision, RunState, RunStatus, ToolClass, ToolPolicy, decide, idempotency_key};
 use stead_core::time::Timestamp;
 use stead_model::{ErrorKind, ModelRequest, RetryPolicy, complete_with_retry};
 use stead_store::{AppendRequest, Claim, Committed, Fence};
@@ -222,20 +224,48 @@ impl RunDriver {
         Ok(driver)
     }
 
-    fn classify(&self, name: &str) -> ToolClass {
-        match self.agent.tool(name) {
-            Some(t) if t.kind == ToolKind::Client => ToolClass::Client,
+    /// What the agent says about this call: where it runs and whether it needs approval.
+    fn policy(&self, call: &ToolCall) -> ToolPolicy {
+        match self.agent.tool(&call.name) {
+            Some(t) if t.kind == ToolKind::Client => ToolPolicy { class: ToolClass::Client, approval: None },
             Some(t) => {
                 let (_, _, tools, _) = self.engine.inner_parts();
                 let declared = tools.get(&t.name).map(|b| b.idempotent()).unwrap_or(false);
-                ToolClass::Server { idempotent: t.idempotent.unwrap_or(declared) }
+                ToolPolicy {
+                    class: ToolClass::Server { idempotent: t.idempotent.unwrap_or(declared) },
+                    approval: t.require_approval.requires(&call.arguments),
+                }
             }
-            None => ToolClass::Unknown,
+            None => ToolPolicy { class: ToolClass::Unknown, approval: None },
         }
     }
 
     fn decide(&self, state: &RunState) -> Decision {
-        decide(&self.agent, state, Timestamp::now(), &|n| self.classify(n))
+        decide(&self.agent, state, Timestamp::now(), &|c| self.policy(c))
+    }
+
+    /// The `approval_requested` events for `requests`, with the role and expiry the tool's
+    /// spec sets.
+    fn approval_bodies(&self, requests: Vec<ApprovalRequest>) -> Vec<EventBody> {
+        let now = Timestamp::now();
+        requests
+            .into_iter()
+            .map(|q| {
+                let spec = self.agent.tool(&q.call.name);
+                let role = spec.and_then(|t| t.approver_role.clone()).unwrap_or_else(|| DEFAULT_APPROVER_ROLE.into());
+                let timeout = spec.and_then(|t| t.approval_timeout_secs).unwrap_or(DEFAULT_APPROVAL_TIMEOUT_SECS);
+                EventBody::ApprovalRequested {
+                    approval_id: ApprovalId::new(),
+                    kind: q.kind,
+                    call_id: q.call.id,
+                    name: q.call.name,
+                    arguments: q.call.arguments,
+                    role,
+                    expires_at: now.plus(Duration::from_secs(timeout)),
+                    reason: q.reason,
+                }
+            })
+            .collect()
     }
 
     async fn drive(&mut self) -> Result<(), Stop> {
@@ -247,6 +277,25 @@ impl RunDriver {
                 Decision::Idle => return Ok(()),
                 Decision::CallModel { step } => self.call_model(step).await?,
                 Decision::RunTools { calls, to_start } => self.run_tools(calls, to_start).await?,
+                Decision::RequestApprovals { requests } => {
+                    let bodies = self.approval_bodies(requests);
+                    self.commit(bodies).await?
+                }
+                Decision::RecordResults { results } => {
+                    let bodies = results
+                        .into_iter()
+                        .map(|(call, output, is_error)| EventBody::ToolCallCompleted {
+                            call_id: call.id,
+                            name: call.name,
+                            output,
+                            is_error,
+                        })
+                        .collect();
+                    self.commit(bodies).await?
+                }
+                Decision::AwaitApproval { approval_ids } => {
+                    self.commit(vec![EventBody::RunAwaitingApproval { approval_ids }]).await?
+                }
                 Decision::AwaitClient { calls } => {
                     self.commit(vec![EventBody::RunRequiresAction { tool_calls: calls }]).await?
                 }
