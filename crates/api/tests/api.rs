@@ -105,7 +105,9 @@ async fn bad_input_gets_a_stable_code_and_changes_nothing() {
     let before = snapshot(&h.app, &session, None).await;
     let runs = format!("/v1/sessions/{session}/runs");
     let big = format!(r#"{{"input":"{}"}}"#, "x".repeat(5000));
-    let cases: Vec<(&str, String, Option<(&str, &str)>, StatusCode, &str)> = vec![
+    // (method, uri, (content type, body), expected status, expected code)
+    type Case<'a> = (&'a str, String, Option<(&'a str, &'a str)>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
         ("POST", runs.clone(), Some(("application/json", "{\"input\": ")), StatusCode::BAD_REQUEST, "invalid_json"),
         (
             "POST",

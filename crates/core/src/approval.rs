@@ -10,7 +10,7 @@ pub enum ApprovalRule {
     #[default]
     Never,
     Always,
-    When(Condition),
+    When(Box<Condition>),
 }
 
 impl ApprovalRule {
@@ -36,7 +36,7 @@ impl ApprovalRule {
 #[serde(untagged)]
 enum RuleRepr {
     Word(String),
-    When { when: Condition },
+    When { when: Box<Condition> },
 }
 
 impl Serialize for ApprovalRule {

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod fault;
 pub mod tools;
+mod toolset;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -103,6 +104,8 @@ struct Inner {
     agents: Mutex<HashMap<(TenantId, String, u32), Arc<AgentSpec>>>,
     /// Runs this process is driving, so a cancel request can interrupt a model call.
     active: Mutex<HashMap<RunId, CancellationToken>>,
+    /// Each agent version's tools, MCP discovery included; only complete builds are kept.
+    toolsets: Mutex<HashMap<(TenantId, String, u32), Arc<toolset::AgentTools>>>,
 }
 
 /// How many times a command re-reads and retries after a compare-and-append conflict.
@@ -120,6 +123,7 @@ impl Engine {
                 deltas,
                 agents: Mutex::new(HashMap::new()),
                 active: Mutex::new(HashMap::new()),
+                toolsets: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -158,17 +162,58 @@ impl Engine {
     }
 
     fn check_tools(&self, spec: &AgentSpec) -> Result<()> {
+        let invalid = |msg: String| Err(stead_core::Error::InvalidAgentSpec(msg).into());
         for (i, tool) in spec.tools.iter().enumerate() {
             if tool.kind == ToolKind::Builtin && self.inner.tools.get(&tool.name).is_none() {
-                return Err(stead_core::Error::InvalidAgentSpec(format!(
+                return invalid(format!(
                     "field `tools[{i}].name`: unknown builtin `{}`; available: {}",
                     tool.name,
                     self.inner.tools.names().join(", ")
-                ))
-                .into());
+                ));
+            }
+            if let (ToolKind::Http, Some(h)) = (tool.kind, &tool.http) {
+                if self.inner.tools.http().is_none() {
+                    return invalid(format!("field `tools[{i}]`: HTTP tools are not enabled on this server"));
+                }
+                let spec = stead_tools_http::HttpToolSpec {
+                    method: h.method.clone(),
+                    url: h.url.clone(),
+                    headers: h.headers.clone(),
+                };
+                if let Err(e) = spec.validate() {
+                    return invalid(format!("field `tools[{i}].http`: {e}"));
+                }
             }
         }
         Ok(())
+    }
+
+    /// The tools of an agent version, building (and, if complete, caching) them on first use.
+    pub(crate) async fn agent_tools(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        version: u32,
+        spec: &AgentSpec,
+    ) -> Arc<toolset::AgentTools> {
+        let key = (tenant.clone(), name.to_owned(), version);
+        if let Some(t) = self.inner.toolsets.lock().expect("toolset cache lock").get(&key) {
+            return t.clone();
+        }
+        let built = Arc::new(toolset::AgentTools::build(spec, &self.inner.tools).await);
+        if built.problems.is_empty() {
+            self.inner.toolsets.lock().expect("toolset cache lock").insert(key, built.clone());
+        } else {
+            for p in &built.problems {
+                tracing::warn!(agent = name, version, problem = %p, "agent tools incomplete; will retry on the next run");
+            }
+        }
+        built
+    }
+
+    /// Forgets an agent version's discovered tools (e.g. after its MCP servers changed).
+    pub fn refresh_tools(&self, tenant: &TenantId, name: &str, version: u32) {
+        self.inner.toolsets.lock().expect("toolset cache lock").remove(&(tenant.clone(), name.to_owned(), version));
     }
 
     pub(crate) async fn agent_spec(&self, tenant: &TenantId, name: &str, version: u32) -> Result<Arc<AgentSpec>> {

@@ -43,10 +43,12 @@ pub trait Tool: Send + Sync {
     async fn call(&self, args: serde_json::Value, ctx: &ToolContext) -> ToolOutput;
 }
 
-/// The tools an agent may name as `type: builtin`.
+/// The tools an agent may name as `type: builtin`, and the HTTP caller (with its SSRF guard)
+/// that `type: http` tools and `http_fetch` go through.
 #[derive(Clone, Default)]
 pub struct ToolRegistry {
     tools: BTreeMap<String, Arc<dyn Tool>>,
+    http: Option<Arc<stead_tools_http::HttpCaller>>,
 }
 
 impl ToolRegistry {
@@ -57,6 +59,18 @@ impl ToolRegistry {
         r.register(Arc::new(Echo));
         r.register(Arc::new(Sleep));
         r
+    }
+
+    /// Enables `type: http` tools and the `http_fetch` built-in, through `caller`.
+    pub fn with_http(mut self, caller: stead_tools_http::HttpCaller) -> Self {
+        let caller = Arc::new(caller);
+        self.register(Arc::new(HttpFetch(caller.clone())));
+        self.http = Some(caller);
+        self
+    }
+
+    pub fn http(&self) -> Option<&stead_tools_http::HttpCaller> {
+        self.http.as_deref()
     }
 
     pub fn register(&mut self, tool: Arc<dyn Tool>) {
@@ -145,6 +159,32 @@ impl Tool for Sleep {
                 ToolOutput::ok(format!("slept {ms} ms"))
             }
             _ => ToolOutput::error("argument `ms` must be an integer between 0 and 600000"),
+        }
+    }
+}
+
+/// `http_fetch`: GET a URL through the SSRF guard. A GET is read-only, so idempotent.
+struct HttpFetch(Arc<stead_tools_http::HttpCaller>);
+
+#[async_trait]
+impl Tool for HttpFetch {
+    fn def(&self) -> ToolDef {
+        ToolDef {
+            name: "http_fetch".into(),
+            description: "Fetches a URL with HTTP GET and returns the response body as text.".into(),
+            parameters: stead_tools_http::HttpCaller::fetch_tool_schema(),
+        }
+    }
+    fn idempotent(&self) -> bool {
+        true
+    }
+    async fn call(&self, args: serde_json::Value, ctx: &ToolContext) -> ToolOutput {
+        match args.get("url").and_then(serde_json::Value::as_str) {
+            Some(url) => {
+                let r = self.0.fetch(url, &ctx.idempotency_key).await;
+                ToolOutput { content: r.text, is_error: r.is_error }
+            }
+            None => ToolOutput::error("argument `url` (a string) is required"),
         }
     }
 }

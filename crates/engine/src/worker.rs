@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use stead_core::agent::{AgentSpec, ToolKind};
+use stead_core::agent::AgentSpec;
 use stead_core::agent::{DEFAULT_APPROVAL_TIMEOUT_SECS, DEFAULT_APPROVER_ROLE};
 use stead_core::context::build_context;
 use stead_core::event::{Actor, ErrorInfo, Event, EventBody, NewEvent};
 use stead_core::ids::ApprovalId;
 use stead_core::ids::{RunId, SessionId, TenantId};
-use stead_core::message::{Message, ToolCall, ToolDef};
+use stead_core::message::{Message, ToolCall};
 use stead_core::run::{ApprovalRequest, Decision, RunState, RunStatus, ToolClass, ToolPolicy, decide, idempotency_key};
 use stead_core::time::Timestamp;
 use stead_model::{ErrorKind, ModelRequest, RetryPolicy, complete_with_retry};
@@ -21,6 +21,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::tools::{ToolContext, ToolOutput};
+use crate::toolset::{AgentTools, Outcome};
 use crate::{Delta, Engine, backoff, fault};
 
 /// Whether a commit may have made a run claimable: new or resumed input (`queued`), or a
@@ -154,7 +155,7 @@ struct RunDriver {
     run_id: RunId,
     token: u64,
     agent: Arc<AgentSpec>,
-    tool_defs: Vec<ToolDef>,
+    tools: Arc<AgentTools>,
     state: RunState,
     head: u64,
     /// The recent conversation as the model may see it (bounded).
@@ -177,38 +178,19 @@ impl RunDriver {
             .agent_spec(&tenant, &claim.session.agent, claim.session.agent_version)
             .await
             .map_err(|e| Stop::Store(stead_store::Error::Backend(e.to_string())))?;
-        let (store, _, tools, options) = engine.inner_parts();
+        let (store, _, _, options) = engine.inner_parts();
         let window = store
             .read_message_window(&tenant, &session_id, claim.session.head_seq, agent.context.max_messages)
             .await
             .map_err(Stop::Store)?;
-        let tool_defs = agent
-            .tools
-            .iter()
-            .map(|t| {
-                let builtin = (t.kind == ToolKind::Builtin).then(|| tools.get(&t.name)).flatten().map(|b| b.def());
-                ToolDef {
-                    name: t.name.clone(),
-                    description: t
-                        .description
-                        .clone()
-                        .or_else(|| builtin.as_ref().map(|b| b.description.clone()))
-                        .unwrap_or_default(),
-                    parameters: t
-                        .parameters
-                        .clone()
-                        .or_else(|| builtin.map(|b| b.parameters))
-                        .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
-                }
-            })
-            .collect();
+        let tools = engine.agent_tools(&tenant, &claim.session.agent, claim.session.agent_version, &agent).await;
         let actor = Actor::worker(&options.worker_id);
         let mut driver = RunDriver {
             tenant,
             session_id,
             run_id: claim.run.id,
             token: claim.token,
-            tool_defs,
+            tools,
             state: claim.run.state,
             head: claim.session.head_seq,
             history: Vec::new(),
@@ -226,18 +208,7 @@ impl RunDriver {
 
     /// What the agent says about this call: where it runs and whether it needs approval.
     fn policy(&self, call: &ToolCall) -> ToolPolicy {
-        match self.agent.tool(&call.name) {
-            Some(t) if t.kind == ToolKind::Client => ToolPolicy { class: ToolClass::Client, approval: None },
-            Some(t) => {
-                let (_, _, tools, _) = self.engine.inner_parts();
-                let declared = tools.get(&t.name).map(|b| b.idempotent()).unwrap_or(false);
-                ToolPolicy {
-                    class: ToolClass::Server { idempotent: t.idempotent.unwrap_or(declared) },
-                    approval: t.require_approval.requires(&call.arguments),
-                }
-            }
-            None => ToolPolicy { class: ToolClass::Unknown, approval: None },
-        }
+        self.tools.policy(call)
     }
 
     fn decide(&self, state: &RunState) -> Decision {
@@ -320,7 +291,7 @@ impl RunDriver {
         let request = ModelRequest {
             model: model.name.clone(),
             messages: build_context(&self.agent.instructions, &self.history, &self.agent.context),
-            tools: self.tool_defs.clone(),
+            tools: self.tools.defs(),
             temperature: model.temperature,
             max_tokens: model.max_tokens,
             stream: model.stream,
@@ -417,50 +388,47 @@ impl RunDriver {
                 .unwrap_or_default();
             self.execute_tool(call, key)
         });
-        let outputs = futures_util::future::join_all(runs).await;
+        let outcomes = futures_util::future::join_all(runs).await;
         fault::point(fault::BEFORE_TOOL_RECORDED, &self.run_id).await;
-        let bodies = calls
-            .into_iter()
-            .zip(outputs)
-            .map(|(call, out)| EventBody::ToolCallCompleted {
+        let mut bodies = Vec::new();
+        for (call, outcome) in calls.into_iter().zip(outcomes) {
+            let out = match outcome {
+                Outcome::Known(out) => out,
+                // Safe to repeat, but don't loop on a tool that keeps breaking: the model is
+                // told, and may call it again.
+                Outcome::Unknown(why) if matches!(self.policy(&call).class, ToolClass::Server { idempotent: true }) => {
+                    ToolOutput::error(format!("the call's outcome is unknown ({why}); it may be retried"))
+                }
+                // No result is recorded: `decide` asks a person whether it took effect.
+                Outcome::Unknown(why) => {
+                    tracing::warn!(run = %self.run_id, call = %call.id, %why, "tool outcome unknown");
+                    continue;
+                }
+            };
+            let (_, _, _, options) = self.engine.inner_parts();
+            let out = truncate_output(out, options.max_tool_output_bytes);
+            bodies.push(EventBody::ToolCallCompleted {
                 call_id: call.id,
                 name: call.name,
                 output: out.content,
                 is_error: out.is_error,
-            })
-            .collect();
+            });
+        }
+        if bodies.is_empty() {
+            return Ok(());
+        }
         self.commit(bodies).await
     }
 
-    async fn execute_tool(&self, call: &ToolCall, idempotency_key: String) -> ToolOutput {
-        let (_, _, tools, options) = self.engine.inner_parts();
-        let spec = self.agent.tool(&call.name);
-        let Some(tool) = spec.filter(|s| s.kind == ToolKind::Builtin).and_then(|_| tools.get(&call.name)) else {
-            let names: Vec<_> = self.agent.tools.iter().map(|t| t.name.as_str()).collect();
-            return ToolOutput::error(format!(
-                "unknown tool `{}`; this agent's tools are: {}",
-                call.name,
-                if names.is_empty() { "(none)".to_owned() } else { names.join(", ") }
-            ));
-        };
-        let raw = if call.arguments.trim().is_empty() { "{}" } else { call.arguments.as_str() };
-        let args: serde_json::Value = match serde_json::from_str(raw) {
-            Ok(v @ serde_json::Value::Object(_)) => v,
-            Ok(_) => return ToolOutput::error("tool arguments must be a JSON object"),
-            Err(e) => return ToolOutput::error(format!("tool arguments are not valid JSON: {e}")),
-        };
+    async fn execute_tool(&self, call: &ToolCall, idempotency_key: String) -> Outcome {
+        let (_, _, registry, _) = self.engine.inner_parts();
         let ctx = ToolContext {
             tenant_id: self.tenant.clone(),
             session_id: self.session_id,
             run_id: self.run_id,
             idempotency_key,
         };
-        let timeout = Duration::from_secs(spec.map_or(60, |s| s.timeout_secs));
-        let out = match tokio::time::timeout(timeout, tool.call(args, &ctx)).await {
-            Ok(out) => out,
-            Err(_) => ToolOutput::error(format!("tool `{}` timed out after {}s", call.name, timeout.as_secs())),
-        };
-        truncate_output(out, options.max_tool_output_bytes)
+        self.tools.execute(call, &ctx, registry.http()).await
     }
 
     /// Compare-and-append with the run's fence. A conflict (someone else appended to the

@@ -43,10 +43,21 @@ pub struct Providers {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     defaults: ProviderDefaults,
+    /// Test and benchmark hook: when set, every spec gets this provider.
+    override_all: Option<Arc<dyn ModelProvider>>,
     state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("defaults", &self.defaults)
+            .field("override_all", &self.override_all.is_some())
+            .field("state", &self.state)
+            .finish()
+    }
 }
 
 #[derive(Default)]
@@ -65,7 +76,15 @@ impl std::fmt::Debug for State {
 
 impl Providers {
     pub fn new(defaults: ProviderDefaults) -> Self {
-        Self { inner: Arc::new(Inner { defaults, state: Mutex::new(State::default()) }) }
+        Self { inner: Arc::new(Inner { defaults, override_all: None, state: Mutex::new(State::default()) }) }
+    }
+
+    /// Test and benchmark hook: a registry that hands `provider` to every spec, whatever
+    /// provider the spec names, so a harness can stand in for the model or observe each call
+    /// (e.g. wrap [`ScriptedModel`] to timestamp when a model call starts). Not reachable
+    /// from any configuration; `stead serve` never uses it.
+    pub fn with_override(defaults: ProviderDefaults, provider: Arc<dyn ModelProvider>) -> Self {
+        Self { inner: Arc::new(Inner { defaults, override_all: Some(provider), state: Mutex::new(State::default()) }) }
     }
 
     pub fn defaults(&self) -> &ProviderDefaults {
@@ -74,6 +93,9 @@ impl Providers {
 
     /// The provider for `spec`. Errors are `Config` errors (bad base URL, key variable unset).
     pub fn for_spec(&self, spec: &ModelSpec) -> Result<Arc<dyn ModelProvider>, Error> {
+        if let Some(p) = &self.inner.override_all {
+            return Ok(p.clone());
+        }
         match spec.provider {
             Provider::Scripted => Ok(Arc::new(ScriptedModel::new(spec.chunk_delay_ms))),
             Provider::Openai => Ok(Arc::new(self.openai(spec)?)),
@@ -183,6 +205,16 @@ mod tests {
         s.base_url = Some("ftp://x".into());
         let err = Providers::new(ProviderDefaults::default()).for_spec(&s).err().unwrap();
         assert_eq!(err.kind, ErrorKind::Config);
+    }
+
+    #[test]
+    fn override_serves_every_spec() {
+        let scripted: Arc<dyn ModelProvider> = Arc::new(ScriptedModel::new(0));
+        let providers = Providers::with_override(ProviderDefaults::default(), scripted.clone());
+        for provider in [Provider::Openai, Provider::Scripted] {
+            let got = providers.for_spec(&spec(provider)).unwrap();
+            assert!(Arc::ptr_eq(&got, &scripted), "{provider:?}");
+        }
     }
 
     #[test]

@@ -211,12 +211,13 @@ async fn non_idempotent_tool_runs_once_and_is_not_run_again_after_a_crash() {
     assert_eq!(stead.wait_paused("tool_started").await, run);
     stead.kill9();
     stead.restart(None).await;
-    let failed = stead.wait_run(&run, "failed").await;
-    assert_eq!(failed["error"]["code"], "tool_outcome_unknown", "{failed}");
-    let log = stead.check_session(&session, true).await;
+    // A person is asked whether it took effect; nothing runs meanwhile.
+    stead.wait_run(&run, "awaiting_approval").await;
+    let log = stead.check_session(&session, false).await;
     let r = &log.runs[&run];
     assert_eq!(r.of_type("tool_call_started").len(), 1);
     assert_eq!(r.of_type("tool_call_completed").len(), 0, "a started non-idempotent call is never re-run");
+    assert_eq!(r.of_type("approval_requested").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,8 @@ use stead_store::{AgentVersion, Error, Page, Result, RunRecord, SessionRecord};
 use tokio::sync::Semaphore;
 
 use crate::rows::{
-    AGENT_COLUMNS, EVENT_COLUMNS, RUN_COLUMNS, SESSION_COLUMNS, SqlResult, agent_from_row, collect, event_from_row,
-    load_session, run_from_row, session_from_row, session_pk, to_i64,
+    AGENT_COLUMNS, Cached, EVENT_COLUMNS, RUN_COLUMNS, SESSION_COLUMNS, SqlResult, agent_from_row, collect,
+    event_from_row, load_session, run_from_row, session_from_row, session_pk, to_i64,
 };
 use crate::schema::open_reader;
 
@@ -58,10 +58,10 @@ impl ReadPool {
 
 /// Runs several statements against one snapshot.
 fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    conn.execute_batch("BEGIN").sql()?;
+    conn.exec("BEGIN", []).sql()?;
     let result = f(conn);
     // Read-only: ending it can only fail if the connection is broken, which the next read reports.
-    let _ = conn.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+    let _ = conn.exec(if result.is_ok() { "COMMIT" } else { "ROLLBACK" }, []);
     result
 }
 
@@ -82,7 +82,7 @@ pub(crate) fn get_agent(
     let found = match version {
         Some(v) => {
             let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ?1 AND name = ?2 AND version = ?3");
-            let mut stmt = conn.prepare(&sql).sql()?;
+            let mut stmt = conn.prepare_cached(&sql).sql()?;
             let mut rows = stmt.query(params![tenant.as_str(), name, v]).sql()?;
             rows.next().sql()?.map(agent_from_row).transpose()?
         }
@@ -90,7 +90,7 @@ pub(crate) fn get_agent(
             let sql = format!(
                 "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1"
             );
-            let mut stmt = conn.prepare(&sql).sql()?;
+            let mut stmt = conn.prepare_cached(&sql).sql()?;
             let mut rows = stmt.query(params![tenant.as_str(), name]).sql()?;
             rows.next().sql()?.map(agent_from_row).transpose()?
         }
@@ -111,14 +111,14 @@ pub(crate) fn list_agents(conn: &Connection, tenant: &TenantId, page: &Page) -> 
          AND a.version = (SELECT max(b.version) FROM agents b WHERE b.tenant = a.tenant AND b.name = a.name) \
          ORDER BY a.name LIMIT ?3"
     );
-    let mut stmt = conn.prepare(&sql).sql()?;
+    let mut stmt = conn.prepare_cached(&sql).sql()?;
     let rows = stmt.query(params![tenant.as_str(), page.after.as_deref().unwrap_or(""), page_limit(page)]).sql()?;
     collect(rows, agent_from_row)
 }
 
 pub(crate) fn list_agent_versions(conn: &Connection, tenant: &TenantId, name: &str) -> Result<Vec<AgentVersion>> {
     let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ?1 AND name = ?2 ORDER BY version");
-    let mut stmt = conn.prepare(&sql).sql()?;
+    let mut stmt = conn.prepare_cached(&sql).sql()?;
     let versions = collect(stmt.query(params![tenant.as_str(), name]).sql()?, agent_from_row)?;
     if versions.is_empty() {
         return Err(Error::NotFound { what: "agent", id: name.to_owned() });
@@ -140,14 +140,14 @@ pub(crate) fn list_sessions(conn: &Connection, tenant: &TenantId, page: &Page) -
             let sql = format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.tenant = ?1 AND s.id < ?2 ORDER BY s.id DESC LIMIT ?3"
             );
-            let mut stmt = conn.prepare(&sql).sql()?;
+            let mut stmt = conn.prepare_cached(&sql).sql()?;
             let rows = stmt.query(params![tenant.as_str(), &after.as_bytes()[..], limit]).sql()?;
             collect(rows, session_from_row)?
         }
         None => {
             let sql =
                 format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.tenant = ?1 ORDER BY s.id DESC LIMIT ?2");
-            let mut stmt = conn.prepare(&sql).sql()?;
+            let mut stmt = conn.prepare_cached(&sql).sql()?;
             let rows = stmt.query(params![tenant.as_str(), limit]).sql()?;
             collect(rows, session_from_row)?
         }
@@ -167,7 +167,7 @@ pub(crate) fn read_events(
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE session_pk = ?1 AND tenant = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
         );
-        let mut stmt = conn.prepare(&sql).sql()?;
+        let mut stmt = conn.prepare_cached(&sql).sql()?;
         let rows = stmt.query(params![pk, tenant.as_str(), to_i64(after), i64::from(limit)]).sql()?;
         collect(rows, |r| event_from_row(r, tenant, *session))
     })
@@ -189,7 +189,7 @@ pub(crate) fn read_message_window(
 ) -> Result<Vec<Event>> {
     snapshot(conn, |conn| {
         let pk = session_pk(conn, tenant, session)?;
-        let mut stmt = conn.prepare(MESSAGE_WINDOW).sql()?;
+        let mut stmt = conn.prepare_cached(MESSAGE_WINDOW).sql()?;
         let rows = stmt.query(params![pk, to_i64(up_to), tenant.as_str(), i64::from(limit)]).sql()?;
         let mut events = collect(rows, |r| event_from_row(r, tenant, *session))?;
         events.reverse();
@@ -201,7 +201,7 @@ pub(crate) fn get_run(conn: &Connection, tenant: &TenantId, id: &RunId) -> Resul
     let sql = format!(
         "SELECT {RUN_COLUMNS} FROM runs r JOIN sessions s ON s.pk = r.session_pk WHERE r.id = ?1 AND r.tenant = ?2"
     );
-    let mut stmt = conn.prepare(&sql).sql()?;
+    let mut stmt = conn.prepare_cached(&sql).sql()?;
     let mut rows = stmt.query(params![&id.as_bytes()[..], tenant.as_str()]).sql()?;
     match rows.next().sql()? {
         Some(row) => Ok(run_from_row(row)?.1),
@@ -223,7 +223,7 @@ pub(crate) fn list_runs(
             Some(after) => {
                 let missing = || Error::NotFound { what: "run", id: after.chars().take(80).collect() };
                 let run: RunId = after.parse().map_err(|_| missing())?;
-                conn.query_row(
+                conn.row(
                     "SELECT pk FROM runs WHERE id = ?1 AND session_pk = ?2",
                     params![&run.as_bytes()[..], spk],
                     |r| r.get::<_, i64>(0),
@@ -237,7 +237,7 @@ pub(crate) fn list_runs(
             "SELECT {RUN_COLUMNS} FROM runs r JOIN sessions s ON s.pk = r.session_pk \
              WHERE r.session_pk = ?1 AND r.tenant = ?2 AND r.pk > ?3 ORDER BY r.pk LIMIT ?4"
         );
-        let mut stmt = conn.prepare(&sql).sql()?;
+        let mut stmt = conn.prepare_cached(&sql).sql()?;
         let rows = stmt.query(params![spk, tenant.as_str(), after_pk, page_limit(page)]).sql()?;
         Ok(collect(rows, run_from_row)?.into_iter().map(|(_, r)| r).collect())
     })
@@ -248,10 +248,11 @@ pub(crate) fn active_runs(conn: &Connection, tenant: &TenantId, session: &Sessio
         let spk = session_pk(conn, tenant, session)?;
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs r JOIN sessions s ON s.pk = r.session_pk \
-             WHERE r.session_pk = ?1 AND r.tenant = ?2 AND r.status IN ('queued', 'running', 'requires_action') \
+             WHERE r.session_pk = ?1 AND r.tenant = ?2 \
+               AND (r.status IN ('queued', 'running') OR r.status = 'requires_action') \
              ORDER BY r.pk"
         );
-        let mut stmt = conn.prepare(&sql).sql()?;
+        let mut stmt = conn.prepare_cached(&sql).sql()?;
         let rows = stmt.query(params![spk, tenant.as_str()]).sql()?;
         Ok(collect(rows, run_from_row)?.into_iter().map(|(_, r)| r).collect())
     })
@@ -282,5 +283,30 @@ mod tests {
         let sessions =
             plan(&conn, "SELECT * FROM sessions s WHERE s.tenant = ?1 AND s.id < ?2 ORDER BY s.id DESC LIMIT ?3");
         assert!(sessions.contains("sessions_by_tenant") && !sessions.contains("TEMP B-TREE"), "{sessions}");
+        let active = plan(
+            &conn,
+            "SELECT r.pk FROM runs r WHERE r.session_pk = ?1 AND r.tenant = ?2 \
+             AND (r.status IN ('queued', 'running') OR r.status = 'requires_action') ORDER BY r.pk",
+        );
+        assert!(active.contains("USING INDEX runs_unfinished"), "{active}");
+    }
+
+    /// Writing a run evaluates the partial indexes' predicates; none may need a temporary
+    /// B-tree (SQLite builds one for `IN` lists of three or more values), which would be
+    /// built and freed on every step.
+    #[test]
+    fn run_writes_need_no_temporary_btree() {
+        let dir = tempfile::tempdir().expect("dir");
+        let conn = crate::schema::open_writer(&dir.path().join("x.db"), crate::Durability::Off).expect("open");
+        for sql in [crate::write::INSERT_RUN, crate::write::UPDATE_RUN, crate::write::CLAIMABLE] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
+            let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+            let ops: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(1))
+                .expect("ops")
+                .map(|r| r.expect("op"))
+                .collect();
+            assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{sql}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! Anything read back that does not decode (a bad id blob, invalid JSON, a negative
 //! sequence) was written outside Stead and is reported as `Corrupt`, never a panic.
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Params, Row, params};
 use serde::de::DeserializeOwned;
 use stead_core::agent::AgentSpec;
 use stead_core::event::{Actor, Event, EventBody};
@@ -30,6 +30,39 @@ impl<T> SqlResult<T> for rusqlite::Result<T> {
         self.map_err(sql_error)
     }
 }
+
+/// Statements through the connection's prepared-statement cache: the hot paths run the same
+/// few statements over and over, and parsing and planning them again each time costs more
+/// than running them.
+pub(crate) trait Cached {
+    /// Like `Connection::execute`, with the statement cached.
+    fn exec<P: Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    /// Like `Connection::query_row`, with the statement cached.
+    fn row<T, P: Params, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T, P: Params, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
+/// Prepared statements each connection keeps (the writer runs about 30 distinct ones).
+pub(crate) const STATEMENT_CACHE: usize = 64;
 
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> Error {
     Error::Corrupt(what.to_string())
@@ -139,7 +172,7 @@ pub(crate) fn session_from_row(row: &Row<'_>) -> Result<(i64, SessionRecord)> {
 /// The session (with its internal key) by tenant and id; `NotFound` otherwise.
 pub(crate) fn load_session(conn: &Connection, tenant: &TenantId, id: &SessionId) -> Result<(i64, SessionRecord)> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?1 AND s.tenant = ?2");
-    let mut stmt = conn.prepare(&sql).sql()?;
+    let mut stmt = conn.prepare_cached(&sql).sql()?;
     let mut rows = stmt.query(params![&id.as_bytes()[..], tenant.as_str()]).sql()?;
     match rows.next().sql()? {
         Some(row) => session_from_row(row),
@@ -149,7 +182,7 @@ pub(crate) fn load_session(conn: &Connection, tenant: &TenantId, id: &SessionId)
 
 /// The session's internal key by tenant and id; `NotFound` otherwise.
 pub(crate) fn session_pk(conn: &Connection, tenant: &TenantId, id: &SessionId) -> Result<i64> {
-    conn.query_row(
+    conn.row(
         "SELECT pk FROM sessions WHERE id = ?1 AND tenant = ?2",
         params![&id.as_bytes()[..], tenant.as_str()],
         |r| r.get(0),
@@ -194,7 +227,7 @@ pub(crate) fn run_from_row(row: &Row<'_>) -> Result<(i64, RunRecord)> {
 /// A run by internal key, whatever its tenant (callers have already scoped the key).
 pub(crate) fn run_by_pk(conn: &Connection, pk: i64) -> Result<RunRecord> {
     let sql = format!("SELECT {RUN_COLUMNS} FROM runs r JOIN sessions s ON s.pk = r.session_pk WHERE r.pk = ?1");
-    let mut stmt = conn.prepare(&sql).sql()?;
+    let mut stmt = conn.prepare_cached(&sql).sql()?;
     let mut rows = stmt.query([pk]).sql()?;
     match rows.next().sql()? {
         Some(row) => Ok(run_from_row(row)?.1),

@@ -9,7 +9,8 @@ use stead_store::{Error, Result};
 use crate::options::Durability;
 
 /// Ordered migrations; `PRAGMA user_version` records how many have been applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_unfinished_index.sql")];
 
 /// How long a connection waits on a lock held by another connection (WAL recovery,
 /// checkpoints) before giving up.
@@ -35,6 +36,7 @@ pub(crate) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| open_error(path, e))?;
+    conn.set_prepared_statement_cache_capacity(crate::rows::STATEMENT_CACHE);
     // Reading the schema parses the header and every schema entry: a file that is not a
     // database, or whose schema is damaged, fails here rather than on first use.
     let tables: i64 =
@@ -101,5 +103,44 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| open_error(path, e))?;
+    conn.set_prepared_statement_cache_capacity(crate::rows::STATEMENT_CACHE);
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written by the first schema is migrated on open, its data kept.
+    #[test]
+    fn a_first_schema_database_is_upgraded() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("x.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(MIGRATIONS[0]).expect("schema 1");
+            conn.execute_batch(
+                "PRAGMA user_version = 1; \
+                 INSERT INTO runs (id, tenant, session_pk, status, state, created_at, updated_at) \
+                 VALUES (x'00', 'default', 1, 'requires_action', '{}', 0, 0);",
+            )
+            .expect("a run");
+        }
+        let conn = open_writer(&path, Durability::Off).expect("upgrade");
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let index: String = conn
+            .query_row("SELECT sql FROM sqlite_master WHERE name = 'runs_unfinished'", [], |r| r.get(0))
+            .expect("index");
+        assert!(index.contains("OR status = 'requires_action'"), "{index}");
+        let waiting: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM runs INDEXED BY runs_unfinished WHERE session_pk = 1 \
+                 AND (status IN ('queued', 'running') OR status = 'requires_action')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(waiting, 1, "the rebuilt index holds the existing unfinished run");
+    }
 }

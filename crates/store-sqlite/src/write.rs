@@ -16,7 +16,7 @@ use stead_core::time::Timestamp;
 use stead_store::{AgentVersion, AppendRequest, Claim, Committed, Error, NewSession, Result, SessionRecord};
 
 use crate::rows::{
-    AGENT_COLUMNS, SESSION_COLUMNS, SqlResult, agent_from_row, body_data, corrupt, hash_bytes, json, run_by_pk,
+    AGENT_COLUMNS, Cached, SESSION_COLUMNS, SqlResult, agent_from_row, body_data, corrupt, hash_bytes, json, run_by_pk,
     session_from_row, session_pk, to_i64, to_json, to_u64,
 };
 use crate::writer::WriteCtx;
@@ -36,7 +36,7 @@ pub(crate) fn put_agent(conn: &Connection, tenant: &TenantId, spec: &AgentSpec) 
     let latest = {
         let sql =
             format!("SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1");
-        let mut stmt = conn.prepare(&sql).sql()?;
+        let mut stmt = conn.prepare_cached(&sql).sql()?;
         let mut rows = stmt.query(params![tenant.as_str(), spec.name]).sql()?;
         match rows.next().sql()? {
             Some(row) => Some(agent_from_row(row)?),
@@ -62,7 +62,7 @@ pub(crate) fn put_agent(conn: &Connection, tenant: &TenantId, spec: &AgentSpec) 
         spec_hash: hash,
         created_at: Timestamp::now(),
     };
-    conn.execute(
+    conn.exec(
         "INSERT INTO agents (tenant, name, version, id, spec, spec_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             tenant.as_str(),
@@ -159,7 +159,7 @@ pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession)
         return Err(malformed(&first_event, "must not name a run"));
     }
     let existing: Option<(String, i64)> = conn
-        .query_row("SELECT tenant, head_seq FROM sessions WHERE id = ?1", [&id.as_bytes()[..]], |r| {
+        .row("SELECT tenant, head_seq FROM sessions WHERE id = ?1", [&id.as_bytes()[..]], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()
@@ -171,7 +171,7 @@ pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession)
     }
     check_session_limit(ctx, 0, 1)?;
     let at = Timestamp::now();
-    conn.execute(
+    conn.exec(
         "INSERT INTO sessions (id, tenant, agent, agent_version, metadata, head_seq, head_hash, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?7)",
         params![
@@ -186,10 +186,10 @@ pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession)
     )
     .sql()?;
     let pk = conn.last_insert_rowid();
-    let mut insert = conn.prepare(INSERT_EVENT).sql()?;
+    let mut insert = conn.prepare_cached(INSERT_EVENT).sql()?;
     let (event, hash) =
         insert_event(&mut insert, ctx, pk, &tenant_id, id, 1, at, &stead_core::event::GENESIS_HASH, first_event)?;
-    conn.execute("UPDATE sessions SET head_seq = 1, head_hash = ?1 WHERE pk = ?2", params![&hash[..], pk]).sql()?;
+    conn.exec("UPDATE sessions SET head_seq = 1, head_hash = ?1 WHERE pk = ?2", params![&hash[..], pk]).sql()?;
     let record = SessionRecord {
         id,
         tenant_id: tenant_id.clone(),
@@ -217,7 +217,7 @@ struct RunSlot {
 /// Loads a run of this session for an append; anything else is an invalid transition.
 fn load_run_slot(conn: &Connection, tenant: &TenantId, session_pk: i64, run: RunId) -> Result<RunSlot> {
     let row: Option<(i64, i64, String, String)> = conn
-        .query_row("SELECT pk, session_pk, tenant, state FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |r| {
+        .row("SELECT pk, session_pk, tenant, state FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .optional()
@@ -234,7 +234,7 @@ fn load_run_slot(conn: &Connection, tenant: &TenantId, session_pk: i64, run: Run
 /// Checks that the fence's lease is still the run's current one.
 fn check_fence(conn: &Connection, tenant: &TenantId, session_pk: i64, fence: &stead_store::Fence) -> Result<()> {
     let row: Option<(i64, String, Option<String>, i64)> = conn
-        .query_row(
+        .row(
             "SELECT session_pk, tenant, lease_owner, lease_token FROM runs WHERE id = ?1",
             [&fence.run_id.as_bytes()[..]],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -249,10 +249,19 @@ fn check_fence(conn: &Connection, tenant: &TenantId, session_pk: i64, fence: &st
     }
 }
 
+pub(crate) const INSERT_RUN: &str = "INSERT INTO runs (id, tenant, session_pk, status, state, created_at, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)";
+
+/// A run that no worker may hold (waiting on the client, finished) keeps no lease.
+pub(crate) const UPDATE_RUN: &str = "UPDATE runs SET status = ?1, state = ?2, updated_at = ?3, \
+     lease_owner = CASE WHEN ?4 THEN lease_owner END, \
+     lease_expires = CASE WHEN ?4 THEN lease_expires END \
+     WHERE pk = ?5";
+
 pub(crate) fn append(conn: &Connection, ctx: &WriteCtx, req: AppendRequest) -> Written<Vec<Event>> {
     let AppendRequest { tenant_id, session_id, expected_head, events, fence } = req;
     let (pk, head_seq, head_hash, head_at): (i64, i64, Vec<u8>, i64) = conn
-        .query_row(
+        .row(
             "SELECT pk, head_seq, head_hash, updated_at FROM sessions WHERE id = ?1 AND tenant = ?2",
             params![&session_id.as_bytes()[..], tenant_id.as_str()],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -277,7 +286,7 @@ pub(crate) fn append(conn: &Connection, ctx: &WriteCtx, req: AppendRequest) -> W
     let mut prev = hash_bytes(&head_hash)?;
     let mut slots: Vec<RunSlot> = Vec::new();
     let mut committed = Vec::with_capacity(events.len());
-    let mut insert = conn.prepare(INSERT_EVENT).sql()?;
+    let mut insert = conn.prepare_cached(INSERT_EVENT).sql()?;
     for (i, new) in events.into_iter().enumerate() {
         let seq = head + 1 + i as u64;
         match (&new.body, new.run_id) {
@@ -288,7 +297,7 @@ pub(crate) fn append(conn: &Connection, ctx: &WriteCtx, req: AppendRequest) -> W
             (EventBody::RunCreated { .. }, Some(run)) => {
                 let taken = slots.iter().any(|s| s.id == run)
                     || conn
-                        .query_row("SELECT 1 FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |_| Ok(()))
+                        .row("SELECT 1 FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |_| Ok(()))
                         .optional()
                         .sql()?
                         .is_some();
@@ -319,23 +328,15 @@ pub(crate) fn append(conn: &Connection, ctx: &WriteCtx, req: AppendRequest) -> W
         let state = to_json(&slot.state, "run state")?;
         match slot.pk {
             None => {
-                conn.execute(
-                    "INSERT INTO runs (id, tenant, session_pk, status, state, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                conn.exec(
+                    INSERT_RUN,
                     params![&slot.id.as_bytes()[..], tenant_id.as_str(), pk, status.as_str(), state, at.millis()],
                 )
                 .sql()?;
             }
             Some(run_pk) => {
-                // A run that no worker may hold (waiting on the client, finished) keeps no lease.
-                conn.execute(
-                    "UPDATE runs SET status = ?1, state = ?2, updated_at = ?3, \
-                     lease_owner = CASE WHEN ?4 THEN lease_owner END, \
-                     lease_expires = CASE WHEN ?4 THEN lease_expires END \
-                     WHERE pk = ?5",
-                    params![status.as_str(), state, at.millis(), status.is_claimable(), run_pk],
-                )
-                .sql()?;
+                conn.exec(UPDATE_RUN, params![status.as_str(), state, at.millis(), status.is_claimable(), run_pk])
+                    .sql()?;
             }
         }
         if slot.before != Some(status) {
@@ -343,14 +344,14 @@ pub(crate) fn append(conn: &Connection, ctx: &WriteCtx, req: AppendRequest) -> W
         }
     }
     if let Some(fence) = &fence {
-        conn.execute(
+        conn.exec(
             "UPDATE runs SET lease_expires = ?1 WHERE id = ?2 AND lease_owner IS NOT NULL",
             params![Timestamp::now().plus(fence.extend_lease).millis(), &fence.run_id.as_bytes()[..]],
         )
         .sql()?;
     }
     let last = committed.last().map_or(head, |e| e.seq);
-    conn.execute(
+    conn.exec(
         "UPDATE sessions SET head_seq = ?1, head_hash = ?2, updated_at = ?3 WHERE pk = ?4",
         params![to_i64(last), &prev[..], at.millis(), pk],
     )
@@ -362,7 +363,7 @@ pub(crate) fn append(conn: &Connection, ctx: &WriteCtx, req: AppendRequest) -> W
 pub(crate) fn delete_session(conn: &Connection, tenant: &TenantId, id: &SessionId) -> Written<()> {
     let pk = session_pk(conn, tenant, id)?;
     let leased: Option<Vec<u8>> = conn
-        .query_row(
+        .row(
             "SELECT id FROM runs WHERE session_pk = ?1 AND lease_owner IS NOT NULL AND lease_expires > ?2 LIMIT 1",
             params![pk, Timestamp::now().millis()],
             |r| r.get(0),
@@ -375,9 +376,9 @@ pub(crate) fn delete_session(conn: &Connection, tenant: &TenantId, id: &SessionI
             "session {id} has run {run} claimed by a worker; cancel it or wait for its lease to expire"
         )));
     }
-    conn.execute("DELETE FROM events WHERE session_pk = ?1", [pk]).sql()?;
-    conn.execute("DELETE FROM runs WHERE session_pk = ?1", [pk]).sql()?;
-    conn.execute("DELETE FROM sessions WHERE pk = ?1", [pk]).sql()?;
+    conn.exec("DELETE FROM events WHERE session_pk = ?1", [pk]).sql()?;
+    conn.exec("DELETE FROM runs WHERE session_pk = ?1", [pk]).sql()?;
+    conn.exec("DELETE FROM sessions WHERE pk = ?1", [pk]).sql()?;
     Ok(((), Vec::new()))
 }
 
@@ -388,7 +389,7 @@ pub(crate) const CLAIMABLE: &str = "SELECT r.pk FROM runs r \
        AND (r.lease_owner IS NULL OR r.lease_expires <= ?1) \
        AND NOT EXISTS (SELECT 1 FROM runs e \
                        WHERE e.session_pk = r.session_pk AND e.pk < r.pk \
-                         AND e.status IN ('queued', 'running', 'requires_action')) \
+                         AND (e.status IN ('queued', 'running') OR e.status = 'requires_action')) \
      ORDER BY r.pk LIMIT ?2";
 
 pub(crate) fn claim_runs(conn: &Connection, worker: &str, lease: Duration, max: usize) -> Written<Vec<Claim>> {
@@ -397,7 +398,7 @@ pub(crate) fn claim_runs(conn: &Connection, worker: &str, lease: Duration, max: 
     }
     let now = Timestamp::now();
     let pks: Vec<i64> = {
-        let mut stmt = conn.prepare(CLAIMABLE).sql()?;
+        let mut stmt = conn.prepare_cached(CLAIMABLE).sql()?;
         let rows = stmt.query(params![now.millis(), i64::try_from(max).unwrap_or(i64::MAX)]).sql()?;
         crate::rows::collect(rows, |r| r.get(0).sql())?
     };
@@ -406,14 +407,14 @@ pub(crate) fn claim_runs(conn: &Connection, worker: &str, lease: Duration, max: 
         format!("SELECT {SESSION_COLUMNS} FROM sessions s JOIN runs r ON r.session_pk = s.pk WHERE r.pk = ?1");
     let mut claims = Vec::with_capacity(pks.len());
     for pk in pks {
-        conn.execute(
+        conn.exec(
             "UPDATE runs SET lease_owner = ?1, lease_expires = ?2, lease_token = lease_token + 1 WHERE pk = ?3",
             params![worker, expires, pk],
         )
         .sql()?;
         let run = run_by_pk(conn, pk)?;
         let session = {
-            let mut stmt = conn.prepare(&session_sql).sql()?;
+            let mut stmt = conn.prepare_cached(&session_sql).sql()?;
             let mut rows = stmt.query([pk]).sql()?;
             match rows.next().sql()? {
                 Some(row) => session_from_row(row)?.1,
@@ -428,7 +429,7 @@ pub(crate) fn claim_runs(conn: &Connection, worker: &str, lease: Duration, max: 
 
 /// The run's current lease holder and token; `NotFound` if there is no such run.
 fn lease_of(conn: &Connection, run: &RunId) -> Result<(Option<String>, i64)> {
-    conn.query_row("SELECT lease_owner, lease_token FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |r| {
+    conn.row("SELECT lease_owner, lease_token FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |r| {
         Ok((r.get(0)?, r.get(1)?))
     })
     .optional()
@@ -439,7 +440,7 @@ fn lease_of(conn: &Connection, run: &RunId) -> Result<(Option<String>, i64)> {
 pub(crate) fn renew_lease(conn: &Connection, run: &RunId, token: u64, lease: Duration) -> Written<()> {
     match lease_of(conn, run)? {
         (Some(_), current) if current == to_i64(token) => {
-            conn.execute(
+            conn.exec(
                 "UPDATE runs SET lease_expires = ?1 WHERE id = ?2",
                 params![Timestamp::now().plus(lease).millis(), &run.as_bytes()[..]],
             )
@@ -455,13 +456,12 @@ pub(crate) fn release_lease(conn: &Connection, run: &RunId, token: u64) -> Writt
     if current != to_i64(token) {
         return Err(Error::Fenced { run: *run, token });
     }
-    conn.execute("UPDATE runs SET lease_owner = NULL, lease_expires = NULL WHERE id = ?1", [&run.as_bytes()[..]])
-        .sql()?;
+    conn.exec("UPDATE runs SET lease_owner = NULL, lease_expires = NULL WHERE id = ?1", [&run.as_bytes()[..]]).sql()?;
     Ok(((), Vec::new()))
 }
 
 /// Opening the store forgets every lease: only this process uses the database, so a lease
 /// still recorded belongs to a previous process that is gone. Tokens keep counting.
 pub(crate) fn reset_leases(conn: &Connection) -> Result<usize> {
-    conn.execute("UPDATE runs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner IS NOT NULL", []).sql()
+    conn.exec("UPDATE runs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner IS NOT NULL", []).sql()
 }

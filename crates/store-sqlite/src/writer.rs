@@ -17,7 +17,7 @@ use rusqlite::Connection;
 use stead_store::{Committed, Error, Result};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::rows::sql_error;
+use crate::rows::{Cached, sql_error};
 
 /// Most jobs committed together; bounds a group's latency and transaction size.
 const MAX_GROUP: usize = 1024;
@@ -246,7 +246,7 @@ impl WriterThread {
     fn commit_group(&mut self, group: Vec<Box<dyn Job>>) {
         let mut jobs = group.into_iter().peekable();
         while jobs.peek().is_some() {
-            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            if let Err(e) = self.conn.exec("BEGIN IMMEDIATE", []) {
                 let err = self.named(sql_error(e));
                 tracing::error!(error = %err, "the writer cannot begin a transaction");
                 for job in jobs.by_ref() {
@@ -273,7 +273,7 @@ impl WriterThread {
                     }
                     Err(e)
                 }
-                None => self.conn.execute_batch("COMMIT").map_err(|e| {
+                None => self.conn.exec("COMMIT", []).map(drop).map_err(|e| {
                     let _ = self.conn.execute_batch("ROLLBACK");
                     self.named(sql_error(e))
                 }),
@@ -307,7 +307,7 @@ impl WriterThread {
     /// Runs one job inside its own savepoint. `Err` means the whole transaction is lost
     /// (the job has been answered with that error).
     fn run_job(&mut self, job: Box<dyn Job>) -> Result<Executed> {
-        if let Err(e) = self.conn.execute_batch("SAVEPOINT op") {
+        if let Err(e) = self.conn.exec("SAVEPOINT op", []) {
             let err = self.named(sql_error(e));
             job.fail(copy_error(&err));
             return Err(err);
@@ -321,8 +321,12 @@ impl WriterThread {
             (executed.finish)(Err(copy_error(&err)));
             return Err(err);
         }
-        let end = if executed.ok { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
-        if let Err(e) = self.conn.execute_batch(end) {
+        let end = if executed.ok {
+            self.conn.exec("RELEASE op", [])
+        } else {
+            self.conn.exec("ROLLBACK TO op", []).and_then(|_| self.conn.exec("RELEASE op", []))
+        };
+        if let Err(e) = end {
             let err = self.named(sql_error(e));
             (executed.finish)(Err(copy_error(&err)));
             return Err(err);

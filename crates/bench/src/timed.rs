@@ -1,0 +1,114 @@
+//! A `Store` that delegates to the SQLite store and times its appends and claims, so the
+//! bench can say how much of a step is spent waiting for durable commits.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use stead_core::agent::AgentSpec;
+use stead_core::event::Event;
+use stead_core::ids::{RunId, SessionId, TenantId};
+use stead_store::{
+    AgentVersion, AppendRequest, Claim, Committed, NewSession, Page, Result, RunRecord, SessionRecord, Store,
+};
+use stead_store_sqlite::SqliteStore;
+
+/// Latencies of the calls that write, as the engine sees them (queueing, the writer's work,
+/// the commit and its fsync, and the hand-offs both ways).
+#[derive(Default)]
+pub struct Timings {
+    pub appends: Vec<Duration>,
+    pub claims: Vec<Duration>,
+}
+
+pub struct TimedStore {
+    inner: Arc<SqliteStore>,
+    timings: Mutex<Timings>,
+}
+
+impl TimedStore {
+    pub fn new(inner: Arc<SqliteStore>) -> Self {
+        Self { inner, timings: Mutex::new(Timings::default()) }
+    }
+
+    /// The timings so far; the record starts again empty.
+    pub fn take(&self) -> Timings {
+        std::mem::take(&mut *self.timings.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn record(&self, f: impl FnOnce(&mut Timings)) {
+        f(&mut self.timings.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+#[async_trait]
+impl Store for TimedStore {
+    async fn put_agent(&self, tenant: &TenantId, spec: &AgentSpec) -> Result<(AgentVersion, bool)> {
+        self.inner.put_agent(tenant, spec).await
+    }
+    async fn get_agent(&self, tenant: &TenantId, name: &str, version: Option<u32>) -> Result<AgentVersion> {
+        self.inner.get_agent(tenant, name, version).await
+    }
+    async fn list_agents(&self, tenant: &TenantId, page: &Page) -> Result<Vec<AgentVersion>> {
+        self.inner.list_agents(tenant, page).await
+    }
+    async fn list_agent_versions(&self, tenant: &TenantId, name: &str) -> Result<Vec<AgentVersion>> {
+        self.inner.list_agent_versions(tenant, name).await
+    }
+    async fn create_session(&self, new: NewSession) -> Result<(SessionRecord, Event)> {
+        self.inner.create_session(new).await
+    }
+    async fn get_session(&self, tenant: &TenantId, id: &SessionId) -> Result<SessionRecord> {
+        self.inner.get_session(tenant, id).await
+    }
+    async fn list_sessions(&self, tenant: &TenantId, page: &Page) -> Result<Vec<SessionRecord>> {
+        self.inner.list_sessions(tenant, page).await
+    }
+    async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> Result<()> {
+        self.inner.delete_session(tenant, id).await
+    }
+    async fn append(&self, req: AppendRequest) -> Result<Vec<Event>> {
+        let t = Instant::now();
+        let r = self.inner.append(req).await;
+        let d = t.elapsed();
+        self.record(|s| s.appends.push(d));
+        r
+    }
+    async fn read_events(&self, tenant: &TenantId, session: &SessionId, after: u64, limit: u32) -> Result<Vec<Event>> {
+        self.inner.read_events(tenant, session, after, limit).await
+    }
+    async fn read_message_window(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        up_to: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        self.inner.read_message_window(tenant, session, up_to, limit).await
+    }
+    async fn get_run(&self, tenant: &TenantId, id: &RunId) -> Result<RunRecord> {
+        self.inner.get_run(tenant, id).await
+    }
+    async fn list_runs(&self, tenant: &TenantId, session: &SessionId, page: &Page) -> Result<Vec<RunRecord>> {
+        self.inner.list_runs(tenant, session, page).await
+    }
+    async fn active_runs(&self, tenant: &TenantId, session: &SessionId) -> Result<Vec<RunRecord>> {
+        self.inner.active_runs(tenant, session).await
+    }
+    async fn claim_runs(&self, worker: &str, lease: Duration, max: usize) -> Result<Vec<Claim>> {
+        let t = Instant::now();
+        let r = self.inner.claim_runs(worker, lease, max).await;
+        let d = t.elapsed();
+        self.record(|s| s.claims.push(d));
+        r
+    }
+    async fn renew_lease(&self, run: &RunId, token: u64, lease: Duration) -> Result<()> {
+        self.inner.renew_lease(run, token, lease).await
+    }
+    async fn release_lease(&self, run: &RunId, token: u64) -> Result<()> {
+        self.inner.release_lease(run, token).await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Committed> {
+        self.inner.subscribe()
+    }
+}
