@@ -51,6 +51,7 @@ fn not_found_code(what: &str) -> &'static str {
         "session" => "session_not_found",
         "run" => "run_not_found",
         "agent" => "agent_not_found",
+        "approval" => "approval_not_found",
         _ => "not_found",
     }
 }
@@ -99,6 +100,9 @@ impl From<stead_engine::Error> for ApiError {
             E::InvalidInput(_) => Self::bad_request("invalid_input", msg),
             E::LimitExceeded(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded", msg),
             E::Contention(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "contention", msg),
+            E::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", msg),
+            E::InvalidDecision(_) => Self::bad_request("invalid_decision", msg),
+            E::AlreadyDecided { .. } => Self::new(StatusCode::CONFLICT, "approval_already_decided", msg),
         }
     }
 }

@@ -33,7 +33,11 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if !state.auth.is_enabled() {
-            return Ok(Principal { tenant: stead_core::ids::TenantId::default_tenant(), id: "local".into() });
+            return Ok(Principal {
+                tenant: stead_core::ids::TenantId::default_tenant(),
+                id: "local".into(),
+                roles: vec!["*".into()],
+            });
         }
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
         let header = parts

@@ -46,9 +46,9 @@ impl Auth {
         Self::default()
     }
 
-    /// Adds an API key that acts as `principal` in `tenant`.
-    pub fn with_key(mut self, key: &str, tenant: TenantId, principal: &str) -> Self {
-        self.keys.insert(key.to_owned(), Principal { tenant, id: principal.to_owned() });
+    /// Adds an API key that acts as `principal` in `tenant`, holding `roles` (e.g. `approver`).
+    pub fn with_key(mut self, key: &str, tenant: TenantId, principal: &str, roles: &[String]) -> Self {
+        self.keys.insert(key.to_owned(), Principal { tenant, id: principal.to_owned(), roles: roles.to_vec() });
         self
     }
 
@@ -62,6 +62,8 @@ impl Auth {
 pub struct Principal {
     pub tenant: TenantId,
     pub id: String,
+    /// Roles for approvals; `*` holds them all (the local principal without authentication).
+    pub roles: Vec<String>,
 }
 
 #[derive(Clone)]

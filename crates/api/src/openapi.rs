@@ -14,12 +14,15 @@ use crate::routes;
         routes::create_session, routes::list_sessions, routes::get_session, routes::delete_session,
         routes::create_run, routes::list_runs, routes::get_run, routes::cancel_run, routes::submit_tool_outputs,
         routes::session_events, routes::audit_session,
+        routes::list_approvals, routes::get_approval, routes::approve, routes::deny, routes::resolve,
+        routes::approvals_stream,
     ),
     tags(
         (name = "agents", description = "Versioned agent definitions"),
         (name = "sessions", description = "Durable conversations"),
         (name = "runs", description = "Executions of the agent loop"),
         (name = "events", description = "The hash-chained event log"),
+        (name = "approvals", description = "Durable human decisions on tool calls"),
         (name = "system", description = "Health and metadata"),
     )
 )]

@@ -11,15 +11,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use stead_core::agent::SpecFormat;
-use stead_core::ids::{RunId, SessionId};
+use stead_core::event::ApprovalDecision;
+use stead_core::ids::{ApprovalId, RunId, SessionId};
 use stead_core::message::Message;
-use stead_engine::ToolOutputInput;
+use stead_engine::{Decider, DecisionInput, ToolOutputInput};
 use stead_store::Page;
 use utoipa::ToSchema;
 
 use crate::extract::{Json, Query, parse_id};
 use crate::stream::{self, StreamScope};
-use crate::views::{Agent, AuditReportView, EventPage, List, Run, Session};
+use crate::views::{Agent, Approval, AuditReportView, EventPage, List, Run, Session};
 use crate::{ApiError, AppState, Principal};
 
 pub fn router() -> Router<AppState> {
@@ -39,6 +40,12 @@ pub fn router() -> Router<AppState> {
         .route("/v1/runs/{run_id}", get(get_run))
         .route("/v1/runs/{run_id}/cancel", post(cancel_run))
         .route("/v1/runs/{run_id}/tool_outputs", post(submit_tool_outputs))
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/approvals/stream", get(approvals_stream))
+        .route("/v1/approvals/{approval_id}", get(get_approval))
+        .route("/v1/approvals/{approval_id}/approve", post(approve))
+        .route("/v1/approvals/{approval_id}/deny", post(deny))
+        .route("/v1/approvals/{approval_id}/resolve", post(resolve))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint; see /openapi.json")
         })
@@ -567,4 +574,182 @@ pub async fn audit_session(
 ) -> Result<axum::Json<AuditReportView>, ApiError> {
     let session: SessionId = parse_id(&id)?;
     Ok(axum::Json(state.engine.verify_session(&principal.tenant, &session).await?.into()))
+}
+
+// ---- approvals ----
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsQuery {
+    /// `pending` (default) or `all`.
+    pub status: Option<String>,
+    /// Only this session's approvals.
+    pub session_id: Option<String>,
+    pub after: Option<String>,
+    /// 1 to 100 (default 20).
+    pub limit: Option<u32>,
+}
+
+/// List approvals, oldest first (by default only those waiting for a decision).
+#[utoipa::path(get, path = "/v1/approvals", tag = "approvals", params(ApprovalsQuery),
+    responses((status = 200, body = List<Approval>)))]
+pub async fn list_approvals(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<ApprovalsQuery>,
+) -> Result<axum::Json<List<Approval>>, ApiError> {
+    let pending_only = match q.status.as_deref() {
+        None | Some("pending") => true,
+        Some("all") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("status must be `pending` or `all`, not {other:?}"),
+            ));
+        }
+    };
+    let session = q.session_id.as_deref().map(parse_id::<SessionId>).transpose()?;
+    let page = page(&ListQuery { after: q.after.clone(), limit: q.limit })?;
+    if let Some(after) = &page.after {
+        parse_id::<ApprovalId>(after)?;
+    }
+    let filter = stead_store::ApprovalFilter { pending_only, session };
+    let items = state.engine.store().list_approvals(&principal.tenant, &filter, &page).await?;
+    Ok(axum::Json(list(items, &page, |a| a.id.to_string(), Approval::from)))
+}
+
+/// Get an approval.
+#[utoipa::path(get, path = "/v1/approvals/{approval_id}", tag = "approvals", params(("approval_id" = String, Path)),
+    responses((status = 200, body = Approval), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_approval(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Approval>, ApiError> {
+    let id: ApprovalId = parse_id(&id)?;
+    Ok(axum::Json(state.engine.store().get_approval(&principal.tenant, &id).await?.into()))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    pub reason: Option<String>,
+    /// Run the call with these arguments instead of the model's.
+    #[schema(value_type = Option<Object>)]
+    pub arguments: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRequest {
+    /// Told to the model with the denial.
+    pub reason: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// `retry` (run it again, same idempotency key), `skip` (report `output` as its result) or `fail` (fail the run).
+    pub action: String,
+    pub output: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// An optional JSON body: empty means the default.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+        } else {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string())
+        }
+    })
+}
+
+async fn decide(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    input: DecisionInput,
+) -> Result<axum::Json<Approval>, ApiError> {
+    let id: ApprovalId = parse_id(id)?;
+    let decider = Decider { id: principal.id.clone(), roles: principal.roles.clone() };
+    Ok(axum::Json(state.engine.decide_approval(&principal.tenant, &decider, &id, input).await?.into()))
+}
+
+/// Approve a tool call (optionally with edited arguments). The run resumes on any free worker.
+#[utoipa::path(post, path = "/v1/approvals/{approval_id}/approve", tag = "approvals", params(("approval_id" = String, Path)),
+    request_body(content = Option<ApproveRequest>, content_type = "application/json"),
+    responses((status = 200, body = Approval), (status = 403, description = "Missing role", body = crate::error::ErrorBody),
+        (status = 409, description = "approval_already_decided", body = crate::error::ErrorBody)))]
+pub async fn approve(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::Json<Approval>, ApiError> {
+    let req: ApproveRequest = optional_body(body)?;
+    let input = DecisionInput {
+        decision: ApprovalDecision::Approve,
+        reason: req.reason,
+        arguments: req.arguments,
+        output: None,
+    };
+    decide(&state, &principal, &id, input).await
+}
+
+/// Deny a tool call; the model is told, with the reason, and carries on.
+#[utoipa::path(post, path = "/v1/approvals/{approval_id}/deny", tag = "approvals", params(("approval_id" = String, Path)),
+    request_body(content = Option<DenyRequest>, content_type = "application/json"),
+    responses((status = 200, body = Approval), (status = 403, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
+pub async fn deny(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::Json<Approval>, ApiError> {
+    let req: DenyRequest = optional_body(body)?;
+    let input = DecisionInput { decision: ApprovalDecision::Deny, reason: req.reason, arguments: None, output: None };
+    decide(&state, &principal, &id, input).await
+}
+
+/// Settle a call whose outcome is unknown (it started, then the process crashed).
+#[utoipa::path(post, path = "/v1/approvals/{approval_id}/resolve", tag = "approvals", params(("approval_id" = String, Path)),
+    request_body = ResolveRequest,
+    responses((status = 200, body = Approval), (status = 400, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
+pub async fn resolve(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Json(req): Json<ResolveRequest>,
+) -> Result<axum::Json<Approval>, ApiError> {
+    let decision = match req.action.as_str() {
+        "retry" => ApprovalDecision::Retry,
+        "skip" => ApprovalDecision::Skip,
+        "fail" => ApprovalDecision::Fail,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_decision",
+                format!("action must be retry, skip or fail, not {other:?}"),
+            ));
+        }
+    };
+    let input = DecisionInput { decision, reason: req.reason, arguments: None, output: req.output };
+    decide(&state, &principal, &id, input).await
+}
+
+/// A live SSE stream of the tenant's approvals: an `approval` event each time one is
+/// requested or decided (list pending ones first with `GET /v1/approvals`).
+#[utoipa::path(get, path = "/v1/approvals/stream", tag = "approvals",
+    responses((status = 200, description = "text/event-stream of `approval` events", content_type = "text/event-stream")))]
+pub async fn approvals_stream(State(state): State<AppState>, principal: Principal) -> Response {
+    stream::approvals_sse(state.engine.clone(), principal.tenant.clone()).into_response()
 }

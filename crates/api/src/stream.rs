@@ -183,3 +183,37 @@ impl Streamer {
         Ok(())
     }
 }
+
+/// The tenant's approval events, live, as `approval` events carrying the approval's view.
+pub fn approvals_sse(engine: Engine, tenant: TenantId) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut commits = engine.store().subscribe();
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                c = commits.recv() => match c {
+                    Ok(c) if c.tenant_id == tenant => {
+                        for e in c.events.iter() {
+                            let id = match &e.body {
+                                EventBody::ApprovalRequested { approval_id, .. }
+                                | EventBody::ApprovalDecided { approval_id, .. } => *approval_id,
+                                _ => continue,
+                            };
+                            let Ok(record) = engine.store().get_approval(&tenant, &id).await else { continue };
+                            let view = crate::views::Approval::from(record);
+                            let ev = SseEvent::default().event("approval").json_data(&view).unwrap_or_default();
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

@@ -120,6 +120,9 @@ pub struct Run {
     pub error: Option<RunError>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub required_action: Option<RequiredAction>,
+    /// With `awaiting_approval`: the approvals the run waits for (see `/v1/approvals/{id}`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending_approvals: Vec<String>,
     pub cancel_requested: bool,
     pub created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +152,11 @@ impl From<RunRecord> for Run {
             error: s.error.as_ref().map(|e| RunError { code: e.code.clone(), message: e.message.clone() }),
             required_action: (s.status == stead_core::run::RunStatus::RequiresAction)
                 .then_some(RequiredAction { tool_calls: waiting }),
+            pending_approvals: s
+                .pending
+                .iter()
+                .filter_map(|p| p.approval.as_ref().filter(|a| a.decision.is_none()).map(|a| a.id.to_string()))
+                .collect(),
             cancel_requested: s.cancel_requested.is_some(),
             created_at: s.created_at.to_rfc3339(),
             finished_at: s.finished_at.map(|t| t.to_rfc3339()),
@@ -200,6 +208,73 @@ impl From<stead_engine::AuditReport> for AuditReportView {
             events_verified: r.events_verified,
             head_seq: r.head_seq,
             first_broken: r.first_broken,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Approval {
+    /// `approval`.
+    pub object: &'static str,
+    pub id: String,
+    pub session_id: String,
+    pub run_id: String,
+    /// `tool_call` (approve or deny) or `outcome_unknown` (retry, skip or fail).
+    pub kind: String,
+    /// `pending`, `approved`, `denied`, `expired`, `retried`, `skipped` or `failed`.
+    pub status: String,
+    pub call_id: String,
+    pub tool_name: String,
+    /// The arguments the model proposed (JSON text).
+    pub arguments: String,
+    /// The role a decider must hold.
+    pub role: String,
+    pub reason: String,
+    pub created_at: String,
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_arguments: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+impl From<stead_store::ApprovalRecord> for Approval {
+    fn from(a: stead_store::ApprovalRecord) -> Self {
+        use stead_core::event::ApprovalDecision as D;
+        let status = match a.decision {
+            None => "pending",
+            Some(D::Approve) => "approved",
+            Some(D::Deny) => "denied",
+            Some(D::Expire) => "expired",
+            Some(D::Retry) => "retried",
+            Some(D::Skip) => "skipped",
+            Some(D::Fail) => "failed",
+        };
+        Self {
+            object: "approval",
+            id: a.id.to_string(),
+            session_id: a.session_id.to_string(),
+            run_id: a.run_id.to_string(),
+            kind: a.kind.as_str().to_owned(),
+            status: status.to_owned(),
+            call_id: a.call_id,
+            tool_name: a.tool_name,
+            arguments: a.arguments,
+            role: a.role,
+            reason: a.reason,
+            created_at: a.created_at.to_rfc3339(),
+            expires_at: a.expires_at.to_rfc3339(),
+            decided_by: a.decided_by,
+            decided_at: a.decided_at.map(|t| t.to_rfc3339()),
+            decision_reason: a.decision_reason,
+            decided_arguments: a.decided_arguments,
+            output: a.output,
         }
     }
 }

@@ -237,7 +237,7 @@ async fn bad_input_gets_a_stable_code_and_changes_nothing() {
 
 #[tokio::test]
 async fn tenants_see_only_their_own_data() {
-    let auth = Auth::none().with_key("key-a-0123456789", TenantId::new("a").unwrap(), "alice").with_key(
+    let auth = Auth::none().with_key("key-a-0123456789", TenantId::new("a").unwrap(), "alice", &[]).with_key(
         "key-b-0123456789",
         TenantId::new("b").unwrap(),
         "bob",

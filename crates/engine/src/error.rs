@@ -24,6 +24,15 @@ pub enum Error {
     InvalidInput(String),
     #[error("{0}")]
     LimitExceeded(String),
+    /// The principal lacks the role an approval requires.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A decision that does not fit the approval (wrong kind, bad arguments, missing output).
+    #[error("invalid decision: {0}")]
+    InvalidDecision(String),
+    /// Decisions are single-use: this approval already has a different one.
+    #[error("approval {id} was already decided: {decision} by {by}")]
+    AlreadyDecided { id: String, decision: String, by: String },
     /// Contention did not settle within the retry budget; safe to retry.
     #[error("too much contention on {0}; try again")]
     Contention(String),

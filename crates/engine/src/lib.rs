@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 use stead_core::agent::{AgentSpec, ConcurrencyPolicy, SpecFormat, ToolKind};
-use stead_core::event::{Actor, BrokenLink, ChainVerifier, EventBody, NewEvent};
-use stead_core::ids::{RunId, SessionId, TenantId};
+use stead_core::event::{Actor, ApprovalDecision, BrokenLink, ChainVerifier, EventBody, NewEvent};
+use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::message::Message;
 use stead_core::run::RunStatus;
 use stead_core::time::Timestamp;
 use stead_model::Providers;
-use stead_store::{AgentVersion, AppendRequest, NewSession, RunRecord, SessionRecord, Store};
+use stead_store::{AgentVersion, AppendRequest, ApprovalRecord, NewSession, RunRecord, SessionRecord, Store};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
@@ -75,6 +75,34 @@ pub struct ToolOutputInput {
     pub output: String,
     #[serde(default)]
     pub is_error: bool,
+}
+
+/// Who decides an approval: a principal and the roles it holds (`*` holds every role).
+#[derive(Clone, Debug)]
+pub struct Decider {
+    pub id: String,
+    pub roles: Vec<String>,
+}
+
+impl Decider {
+    pub fn may_decide(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == "*" || r == role)
+    }
+}
+
+/// A person's decision on an approval.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionInput {
+    pub decision: ApprovalDecision,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// With `approve`: arguments to run the call with instead (a JSON object).
+    #[serde(default)]
+    pub arguments: Option<serde_json::Value>,
+    /// With `skip`: the result to report to the model.
+    #[serde(default)]
+    pub output: Option<String>,
 }
 
 /// The result of re-verifying a session's hash chain.
@@ -473,6 +501,153 @@ impl Engine {
                 }
             }
         }
+    }
+
+    // ---- approvals ----
+
+    /// Records a person's decision. Single-use: a second, different decision is refused;
+    /// the same decision by the same decider again returns the approval unchanged.
+    pub async fn decide_approval(
+        &self,
+        tenant: &TenantId,
+        decider: &Decider,
+        id: &ApprovalId,
+        input: DecisionInput,
+    ) -> Result<ApprovalRecord> {
+        let store = &self.inner.store;
+        let by = Actor::principal(&decider.id);
+        if input.decision == ApprovalDecision::Expire {
+            return Err(Error::InvalidDecision(
+                "approvals expire by themselves; decide approve, deny, retry, skip or fail".into(),
+            ));
+        }
+        let arguments = match (&input.arguments, input.decision) {
+            (None, _) => None,
+            (Some(v @ serde_json::Value::Object(_)), ApprovalDecision::Approve) => Some(v.to_string()),
+            (Some(_), ApprovalDecision::Approve) => {
+                return Err(Error::InvalidDecision("`arguments` must be a JSON object".into()));
+            }
+            (Some(_), _) => return Err(Error::InvalidDecision("`arguments` go with `approve` only".into())),
+        };
+        match (input.decision, &input.output) {
+            (ApprovalDecision::Skip, None) => {
+                return Err(Error::InvalidDecision("`skip` needs the `output` to report to the model".into()));
+            }
+            (d, Some(_)) if d != ApprovalDecision::Skip => {
+                return Err(Error::InvalidDecision("`output` goes with `skip` only".into()));
+            }
+            _ => {}
+        }
+        if let Some(o) = &input.output
+            && o.len() > self.inner.options.max_tool_output_bytes
+        {
+            return Err(Error::LimitExceeded(format!(
+                "`output` is {} bytes; the limit is {} (max_tool_output_bytes)",
+                o.len(),
+                self.inner.options.max_tool_output_bytes
+            )));
+        }
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let a = store.get_approval(tenant, id).await?;
+            if !decider.may_decide(&a.role) {
+                return Err(Error::Forbidden(format!(
+                    "deciding approval {id} needs the role `{}`, which {} does not hold",
+                    a.role, decider.id
+                )));
+            }
+            if !a.kind.accepts(input.decision) {
+                let valid = match a.kind {
+                    stead_core::event::ApprovalKind::ToolCall => "approve or deny",
+                    stead_core::event::ApprovalKind::OutcomeUnknown => "retry, skip or fail",
+                };
+                return Err(Error::InvalidDecision(format!(
+                    "`{}` does not answer a `{}` approval; decide {valid}",
+                    input.decision.as_str(),
+                    a.kind.as_str()
+                )));
+            }
+            if let Some(d) = a.decision {
+                if d == input.decision && a.decided_by.as_deref() == Some(by.0.as_str()) {
+                    return Ok(a); // the same decider repeating itself: idempotent
+                }
+                return Err(Error::AlreadyDecided {
+                    id: id.to_string(),
+                    decision: d.as_str().to_owned(),
+                    by: a.decided_by.unwrap_or_default(),
+                });
+            }
+            let session = store.get_session(tenant, &a.session_id).await?;
+            let req = AppendRequest {
+                tenant_id: tenant.clone(),
+                session_id: a.session_id,
+                expected_head: session.head_seq,
+                events: vec![NewEvent {
+                    run_id: Some(a.run_id),
+                    actor: by.clone(),
+                    body: EventBody::ApprovalDecided {
+                        approval_id: *id,
+                        call_id: a.call_id.clone(),
+                        decision: input.decision,
+                        decided_by: by.0.clone(),
+                        reason: input.reason.clone(),
+                        arguments: arguments.clone(),
+                        output: input.output.clone(),
+                    },
+                }],
+                fence: None,
+            };
+            match store.append(req).await {
+                Ok(_) => return Ok(store.get_approval(tenant, id).await?),
+                // Someone appended first (maybe a decision): read again and re-check.
+                Err(stead_store::Error::Conflict { .. } | stead_store::Error::InvalidTransition { .. }) => {
+                    backoff(attempt).await
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contention(id.to_string()))
+    }
+
+    /// Expires approvals whose time is up; the run then tells the model. Returns how many.
+    pub async fn expire_due_approvals(&self) -> Result<usize> {
+        let store = &self.inner.store;
+        let due = store.due_approvals(Timestamp::now(), 100).await?;
+        let mut expired = 0;
+        for a in due {
+            for attempt in 0..20 {
+                let session = store.get_session(&a.tenant_id, &a.session_id).await?;
+                let req = AppendRequest {
+                    tenant_id: a.tenant_id.clone(),
+                    session_id: a.session_id,
+                    expected_head: session.head_seq,
+                    events: vec![NewEvent {
+                        run_id: Some(a.run_id),
+                        actor: Actor::system(),
+                        body: EventBody::ApprovalDecided {
+                            approval_id: a.id,
+                            call_id: a.call_id.clone(),
+                            decision: ApprovalDecision::Expire,
+                            decided_by: Actor::system().0,
+                            reason: Some(format!("nobody decided before {}", a.expires_at.to_rfc3339())),
+                            arguments: None,
+                            output: None,
+                        },
+                    }],
+                    fence: None,
+                };
+                match store.append(req).await {
+                    Ok(_) => {
+                        expired += 1;
+                        break;
+                    }
+                    Err(stead_store::Error::Conflict { .. }) => backoff(attempt).await,
+                    // Decided (or the run ended) meanwhile: nothing to expire.
+                    Err(stead_store::Error::InvalidTransition { .. }) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(expired)
     }
 
     // ---- audit ----

@@ -46,8 +46,18 @@ pub(crate) async fn dispatch(engine: Engine, cancel: CancellationToken) {
     let slots = Arc::new(Semaphore::new(options.max_concurrent_runs));
     let freed = Arc::new(Notify::new());
     tracing::info!(worker = %options.worker_id, "dispatcher started");
+    let mut last_sweep = tokio::time::Instant::now() - options.poll_interval;
     'outer: loop {
         let free = slots.available_permits();
+        // Expiry is checked at the poll rate, not on every wake-up (those come per commit).
+        if last_sweep.elapsed() >= options.poll_interval {
+            last_sweep = tokio::time::Instant::now();
+            match engine.expire_due_approvals().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "approvals expired"),
+                Err(e) => tracing::warn!(error = %e, "expiring approvals failed; will retry"),
+            }
+        }
         if free > 0 {
             match store.claim_runs(&options.worker_id, options.lease, free).await {
                 Ok(claims) => {

@@ -310,3 +310,44 @@ pub async fn audit_verify(
     }
     Ok(if report["ok"].as_bool() == Some(true) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
+
+pub async fn approvals_list(args: &ClientArgs, all: bool, session: Option<&str>) -> anyhow::Result<ExitCode> {
+    let c = Client::new(args)?;
+    let mut query = format!("/v1/approvals?limit=100&status={}", if all { "all" } else { "pending" });
+    if let Some(s) = session {
+        query.push_str(&format!("&session_id={s}"));
+    }
+    let page = c.json(c.request(reqwest::Method::GET, &query)).await?;
+    if args.json {
+        print_json(&page);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items = page["data"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        eprintln!("no approvals {}", if all { "" } else { "waiting" });
+    }
+    for a in items {
+        println!(
+            "{} {:<8} {}({}) role={} expires={}  [{}]",
+            a["id"].as_str().unwrap_or("?"),
+            a["status"].as_str().unwrap_or("?"),
+            a["tool_name"].as_str().unwrap_or("?"),
+            a["arguments"].as_str().unwrap_or(""),
+            a["role"].as_str().unwrap_or("?"),
+            a["expires_at"].as_str().unwrap_or("?"),
+            a["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn decide(args: &ClientArgs, id: &str, verb: &str, body: Value) -> anyhow::Result<ExitCode> {
+    let c = Client::new(args)?;
+    let v = c.json(c.request(reqwest::Method::POST, &format!("/v1/approvals/{id}/{verb}")).json(&body)).await?;
+    if args.json {
+        print_json(&v);
+    } else {
+        println!("{} {}", v["id"].as_str().unwrap_or(id), v["status"].as_str().unwrap_or("?"));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -24,10 +24,16 @@ pub struct ServeArgs {
     /// `full` (fsync every commit group), `normal` or `off` [default: full].
     #[arg(long, env = "STEAD_DURABILITY")]
     pub durability: Option<String>,
-    /// API key as `TENANT:KEY` (repeat, or comma-separate in the env var). Without any, the
-    /// server only listens on loopback and everything belongs to the `default` tenant.
+    /// API key as `TENANT:KEY`, or `TENANT:KEY:ROLE+ROLE` to grant roles such as `approver`
+    /// (repeat, or comma-separate in the env var). Without any, the server only listens on
+    /// loopback and everything belongs to the `default` tenant, with every role.
     #[arg(long = "api-key", env = "STEAD_API_KEYS", value_delimiter = ',', hide_env_values = true)]
     pub api_keys: Vec<String>,
+    /// Addresses HTTP tools and `http_fetch` may reach although they are private, loopback or
+    /// link-local: CIDRs (`10.0.0.0/8`) or host names (repeat, or comma-separate in the env
+    /// var); `*` allows everything. By default only public addresses are reachable.
+    #[arg(long = "http-allow", env = "STEAD_HTTP_ALLOW", value_delimiter = ',')]
+    pub http_allow: Vec<String>,
     /// Largest request body, in bytes [default: 1048576].
     #[arg(long, env = "STEAD_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -68,6 +74,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     durability: Option<String>,
     api_keys: Option<Vec<String>>,
+    http_allow: Option<Vec<String>>,
     max_body_bytes: Option<usize>,
     max_input_bytes: Option<usize>,
     max_tool_output_bytes: Option<usize>,
@@ -86,8 +93,9 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub durability: stead_store_sqlite::Durability,
-    /// (tenant, key)
-    pub api_keys: Vec<(String, String)>,
+    /// (tenant, key, roles)
+    pub api_keys: Vec<(String, String, Vec<String>)>,
+    pub http_allow: Vec<String>,
     pub max_body_bytes: usize,
     pub max_input_bytes: usize,
     pub max_tool_output_bytes: usize,
@@ -118,20 +126,25 @@ impl ServeArgs {
         let raw_keys = if self.api_keys.is_empty() { file.api_keys.unwrap_or_default() } else { self.api_keys };
         let mut api_keys = Vec::new();
         for k in raw_keys {
-            let Some((tenant, key)) = k.split_once(':') else {
-                bail!("an API key must be given as TENANT:KEY");
+            let Some((tenant, rest)) = k.split_once(':') else {
+                bail!("an API key must be given as TENANT:KEY or TENANT:KEY:ROLE+ROLE");
+            };
+            let (key, roles) = match rest.split_once(':') {
+                Some((key, roles)) => (key, roles.split('+').filter(|r| !r.is_empty()).map(str::to_owned).collect()),
+                None => (rest, Vec::new()),
             };
             stead_core::ids::TenantId::new(tenant).map_err(|e| anyhow::anyhow!("API key for {tenant:?}: {e}"))?;
             if key.len() < 16 {
                 bail!("API key for tenant {tenant:?} is too short: use at least 16 characters");
             }
-            api_keys.push((tenant.to_owned(), key.to_owned()));
+            api_keys.push((tenant.to_owned(), key.to_owned(), roles));
         }
         let cfg = ServeConfig {
             listen: self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8787".parse().expect("valid default")),
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./stead-data")),
             durability,
             api_keys,
+            http_allow: if self.http_allow.is_empty() { file.http_allow.unwrap_or_default() } else { self.http_allow },
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes).unwrap_or(1024 * 1024),
             max_input_bytes: self.max_input_bytes.or(file.max_input_bytes).unwrap_or(256 * 1024),
             max_tool_output_bytes: self.max_tool_output_bytes.or(file.max_tool_output_bytes).unwrap_or(64 * 1024),

@@ -58,6 +58,58 @@ enum Command {
     /// Verify the tamper-evident log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Human decisions on tool calls.
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
+    /// Approve a pending tool call; the run resumes.
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Run the call with these arguments instead (a JSON object).
+        #[arg(long)]
+        arguments: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deny a pending tool call; the model is told why.
+    Deny {
+        id: String,
+        #[arg(long, required = true)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// List approvals waiting for a decision (`--all` for decided ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        session: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Get {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Settle a call whose outcome is unknown: retry it, skip it (reporting OUTPUT), or fail the run.
+    Resolve {
+        id: String,
+        #[arg(long, value_parser = ["retry", "skip", "fail"])]
+        action: String,
+        #[arg(long)]
+        output: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,6 +277,29 @@ fn main() -> ExitCode {
                     client::submit(&client, &id, &outputs, answer.as_deref(), detach).await
                 }
             },
+            Command::Approvals(cmd) => match cmd {
+                ApprovalsCmd::List { all, session, client } => {
+                    client::approvals_list(&client, all, session.as_deref()).await
+                }
+                ApprovalsCmd::Get { id, client } => client::get_print(&client, &format!("/v1/approvals/{id}")).await,
+                ApprovalsCmd::Resolve { id, action, output, reason, client } => {
+                    let body = serde_json::json!({"action": action, "output": output, "reason": reason});
+                    client::decide(&client, &id, "resolve", body).await
+                }
+            },
+            Command::Approve { id, reason, arguments, client } => {
+                let arguments: Option<serde_json::Value> = match arguments {
+                    Some(a) => {
+                        Some(serde_json::from_str(&a).map_err(|e| anyhow::anyhow!("--arguments must be JSON: {e}"))?)
+                    }
+                    None => None,
+                };
+                client::decide(&client, &id, "approve", serde_json::json!({"reason": reason, "arguments": arguments}))
+                    .await
+            }
+            Command::Deny { id, reason, client } => {
+                client::decide(&client, &id, "deny", serde_json::json!({"reason": reason})).await
+            }
             Command::Audit(AuditCmd::Verify { session, data_dir, tenant, client }) => {
                 client::audit_verify(&client, &session, data_dir.as_deref(), &tenant).await
             }

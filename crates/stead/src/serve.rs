@@ -10,6 +10,7 @@ use stead_core::ids::TenantId;
 use stead_engine::{Engine, EngineOptions, ToolRegistry};
 use stead_model::{ProviderDefaults, Providers};
 use stead_store_sqlite::{SqliteOptions, SqliteStore};
+use stead_tools_http::{Guard, GuardConfig, HttpCaller, Limits as HttpLimits};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeArgs;
@@ -32,10 +33,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store =
         SqliteStore::open(options).with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
 
+    let guard = Guard::new(GuardConfig {
+        allow: cfg.http_allow.iter().filter(|a| a.as_str() != "*").cloned().collect(),
+        allow_all: cfg.http_allow.iter().any(|a| a == "*"),
+    })
+    .map_err(|e| anyhow::anyhow!("--http-allow: {e}"))?;
+    let limits = HttpLimits { max_response_bytes: cfg.max_tool_output_bytes, ..HttpLimits::default() };
+    let http = HttpCaller::new(guard, limits).context("cannot set up the HTTP tool client")?;
     let engine = Engine::new(
         store as Arc<dyn stead_store::Store>,
         Providers::new(ProviderDefaults::from_env()),
-        ToolRegistry::with_builtins(),
+        ToolRegistry::with_builtins().with_http(http),
         EngineOptions {
             worker_id: cfg.worker_id.clone(),
             lease: cfg.lease,
@@ -46,9 +54,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     );
     let mut auth = Auth::none();
-    for (tenant, key) in &cfg.api_keys {
+    for (i, (tenant, key, roles)) in cfg.api_keys.iter().enumerate() {
         let t = TenantId::new(tenant)?;
-        auth = auth.with_key(key, t, &format!("key:{tenant}"));
+        // A principal is named by its tenant and its key's position in the configuration —
+        // never by any part of the key, which would then reach the log.
+        auth = auth.with_key(key, t, &format!("{tenant}/key{}", i + 1), roles);
     }
     let app = stead_api::app(AppState {
         engine: engine.clone(),

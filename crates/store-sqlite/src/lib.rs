@@ -22,9 +22,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use stead_core::agent::AgentSpec;
 use stead_core::event::Event;
-use stead_core::ids::{RunId, SessionId, TenantId};
+use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
+use stead_core::time::Timestamp;
 use stead_store::{
-    AgentVersion, AppendRequest, Claim, Committed, Error, NewSession, Page, Result, RunRecord, SessionRecord, Store,
+    AgentVersion, AppendRequest, ApprovalFilter, ApprovalRecord, Claim, Committed, Error, NewSession, Page, Result,
+    RunRecord, SessionRecord, Store,
 };
 use tokio::sync::broadcast;
 
@@ -220,6 +222,25 @@ impl Store for SqliteStore {
     async fn release_lease(&self, run: &RunId, token: u64) -> Result<()> {
         let run = *run;
         self.write(move |conn, _| write::release_lease(conn, &run, token)).await
+    }
+
+    async fn get_approval(&self, tenant: &TenantId, id: &ApprovalId) -> Result<ApprovalRecord> {
+        let (tenant, id) = (tenant.clone(), *id);
+        self.read(move |conn| read::get_approval(conn, &tenant, &id)).await
+    }
+
+    async fn list_approvals(
+        &self,
+        tenant: &TenantId,
+        filter: &ApprovalFilter,
+        page: &Page,
+    ) -> Result<Vec<ApprovalRecord>> {
+        let (tenant, filter, page) = (tenant.clone(), filter.clone(), page.clone());
+        self.read(move |conn| read::list_approvals(conn, &tenant, &filter, &page)).await
+    }
+
+    async fn due_approvals(&self, now: Timestamp, limit: u32) -> Result<Vec<ApprovalRecord>> {
+        self.read(move |conn| read::due_approvals(conn, now, limit)).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Committed> {

@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use stead_core::event::Event;
-use stead_core::ids::{RunId, SessionId, TenantId};
-use stead_store::{AgentVersion, Error, Page, Result, RunRecord, SessionRecord};
+use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
+use stead_core::time::Timestamp;
+use stead_store::{AgentVersion, ApprovalFilter, ApprovalRecord, Error, Page, Result, RunRecord, SessionRecord};
 use tokio::sync::Semaphore;
 
 use crate::rows::{
-    AGENT_COLUMNS, Cached, EVENT_COLUMNS, RUN_COLUMNS, SESSION_COLUMNS, SqlResult, agent_from_row, collect,
-    event_from_row, load_session, run_from_row, session_from_row, session_pk, to_i64,
+    AGENT_COLUMNS, APPROVAL_COLUMNS, Cached, EVENT_COLUMNS, RUN_COLUMNS, SESSION_COLUMNS, SqlResult, agent_from_row,
+    approval_from_row, collect, event_from_row, load_session, run_from_row, session_from_row, session_pk, to_i64,
 };
 use crate::schema::open_reader;
 
@@ -249,13 +250,97 @@ pub(crate) fn active_runs(conn: &Connection, tenant: &TenantId, session: &Sessio
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs r JOIN sessions s ON s.pk = r.session_pk \
              WHERE r.session_pk = ?1 AND r.tenant = ?2 \
-               AND (r.status IN ('queued', 'running') OR r.status = 'requires_action') \
+               AND (r.status IN ('queued', 'running') OR r.status IN ('requires_action', 'awaiting_approval')) \
              ORDER BY r.pk"
         );
         let mut stmt = conn.prepare_cached(&sql).sql()?;
         let rows = stmt.query(params![spk, tenant.as_str()]).sql()?;
         Ok(collect(rows, run_from_row)?.into_iter().map(|(_, r)| r).collect())
     })
+}
+
+pub(crate) fn get_approval(conn: &Connection, tenant: &TenantId, id: &ApprovalId) -> Result<ApprovalRecord> {
+    let sql = format!(
+        "SELECT {APPROVAL_COLUMNS} FROM approvals a JOIN sessions s ON s.pk = a.session_pk \
+         WHERE a.id = ?1 AND a.tenant = ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql).sql()?;
+    let mut rows = stmt.query(params![&id.as_bytes()[..], tenant.as_str()]).sql()?;
+    match rows.next().sql()? {
+        Some(row) => approval_from_row(row),
+        None => Err(Error::NotFound { what: "approval", id: id.to_string() }),
+    }
+}
+
+/// The listing query: `?1` is the session pk or the tenant, `?2` the tenant, `?3` the cursor's
+/// pk, `?4` the limit. Four spellings rather than optional predicates (`?x IS NULL OR …`),
+/// which would keep the planner from the matching index (the partial one needs the literal
+/// `decision IS NULL`).
+pub(crate) fn list_approvals_sql(by_session: bool, pending_only: bool) -> String {
+    let scope = if by_session { "a.session_pk = ?1" } else { "a.tenant = ?1" };
+    let pending = if pending_only { " AND a.decision IS NULL" } else { "" };
+    format!(
+        "SELECT {APPROVAL_COLUMNS} FROM approvals a JOIN sessions s ON s.pk = a.session_pk \
+         WHERE {scope}{pending} AND a.tenant = ?2 AND a.pk > ?3 ORDER BY a.pk LIMIT ?4"
+    )
+}
+
+/// Oldest first (pk is insertion order); the cursor is the last approval id seen. A session
+/// filter naming a session the tenant does not have matches nothing.
+pub(crate) fn list_approvals(
+    conn: &Connection,
+    tenant: &TenantId,
+    filter: &ApprovalFilter,
+    page: &Page,
+) -> Result<Vec<ApprovalRecord>> {
+    snapshot(conn, |conn| {
+        let after_pk = match &page.after {
+            None => 0,
+            Some(after) => {
+                let missing = || Error::NotFound { what: "approval", id: after.chars().take(80).collect() };
+                let id: ApprovalId = after.parse().map_err(|_| missing())?;
+                conn.row(
+                    "SELECT pk FROM approvals WHERE id = ?1 AND tenant = ?2",
+                    params![&id.as_bytes()[..], tenant.as_str()],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .sql()?
+                .ok_or_else(missing)?
+            }
+        };
+        let session_pk = match &filter.session {
+            None => None,
+            Some(session) => match session_pk(conn, tenant, session) {
+                Ok(pk) => Some(pk),
+                Err(Error::NotFound { .. }) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            },
+        };
+        let key = match session_pk {
+            Some(pk) => rusqlite::types::Value::Integer(pk),
+            None => rusqlite::types::Value::Text(tenant.as_str().to_owned()),
+        };
+        let sql = list_approvals_sql(session_pk.is_some(), filter.pending_only);
+        let mut stmt = conn.prepare_cached(&sql).sql()?;
+        let rows = stmt.query(params![key, tenant.as_str(), after_pk, page_limit(page)]).sql()?;
+        collect(rows, approval_from_row)
+    })
+}
+
+/// Pending approvals due by `?1`, soonest deadline first, at most `?2`: walks `approvals_due`.
+pub(crate) fn due_approvals_sql() -> String {
+    format!(
+        "SELECT {APPROVAL_COLUMNS} FROM approvals a JOIN sessions s ON s.pk = a.session_pk \
+         WHERE a.decision IS NULL AND a.expires_at <= ?1 ORDER BY a.expires_at, a.pk LIMIT ?2"
+    )
+}
+
+pub(crate) fn due_approvals(conn: &Connection, now: Timestamp, limit: u32) -> Result<Vec<ApprovalRecord>> {
+    let sql = due_approvals_sql();
+    let mut stmt = conn.prepare_cached(&sql).sql()?;
+    let rows = stmt.query(params![now.millis(), i64::from(limit)]).sql()?;
+    collect(rows, approval_from_row)
 }
 
 #[cfg(test)]
@@ -286,9 +371,22 @@ mod tests {
         let active = plan(
             &conn,
             "SELECT r.pk FROM runs r WHERE r.session_pk = ?1 AND r.tenant = ?2 \
-             AND (r.status IN ('queued', 'running') OR r.status = 'requires_action') ORDER BY r.pk",
+             AND (r.status IN ('queued', 'running') OR r.status IN ('requires_action', 'awaiting_approval')) \
+             ORDER BY r.pk",
         );
         assert!(active.contains("USING INDEX runs_unfinished"), "{active}");
+        for (by_session, pending, index) in [
+            (false, false, "approvals_by_tenant"),
+            (false, true, "approvals_pending"),
+            (true, false, "approvals_by_session"),
+        ] {
+            let list = plan(&conn, &list_approvals_sql(by_session, pending));
+            assert!(list.contains(index) && !list.contains("TEMP B-TREE"), "{list}");
+        }
+        let list = plan(&conn, &list_approvals_sql(true, true));
+        assert!(list.contains("approvals_by_session") && !list.contains("TEMP B-TREE"), "{list}");
+        let due = plan(&conn, &due_approvals_sql());
+        assert!(due.contains("USING INDEX approvals_due") && !due.contains("TEMP B-TREE"), "{due}");
     }
 
     /// Writing a run evaluates the partial indexes' predicates; none may need a temporary

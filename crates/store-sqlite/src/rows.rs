@@ -6,11 +6,11 @@
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Params, Row, params};
 use serde::de::DeserializeOwned;
 use stead_core::agent::AgentSpec;
-use stead_core::event::{Actor, Event, EventBody};
-use stead_core::ids::{AgentVersionId, RunId, SessionId, TenantId};
+use stead_core::event::{Actor, ApprovalDecision, ApprovalKind, Event, EventBody};
+use stead_core::ids::{AgentVersionId, ApprovalId, RunId, SessionId, TenantId};
 use stead_core::run::RunState;
 use stead_core::time::Timestamp;
-use stead_store::{AgentVersion, Error, Lease, Result, RunRecord, SessionRecord};
+use stead_store::{AgentVersion, ApprovalRecord, Error, Lease, Result, RunRecord, SessionRecord};
 
 /// Maps a SQLite error: damaged files become `Corrupt`, everything else `Backend`.
 pub(crate) fn sql_error(e: rusqlite::Error) -> Error {
@@ -254,6 +254,47 @@ pub(crate) fn agent_from_row(row: &Row<'_>) -> Result<AgentVersion> {
         spec,
         spec_hash,
         created_at: Timestamp(created_at),
+    })
+}
+
+/// An enum stored as its snake_case name, decoded through its serde form so the two never
+/// disagree.
+fn word<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| corrupt(format!("stored {what} {text:?} is not valid")))
+}
+
+/// The approval columns [`approval_from_row`] reads, for `approvals a JOIN sessions s`.
+pub(crate) const APPROVAL_COLUMNS: &str = "a.id, a.tenant, s.id, a.run_id, a.kind, a.call_id, a.tool_name, \
+     a.arguments, a.role, a.reason, a.created_at, a.expires_at, a.decision, a.decided_by, a.decided_at, \
+     a.decision_reason, a.decided_arguments, a.output";
+
+pub(crate) fn approval_from_row(row: &Row<'_>) -> Result<ApprovalRecord> {
+    let id: Vec<u8> = row.get(0).sql()?;
+    let tenant_s: String = row.get(1).sql()?;
+    let session: Vec<u8> = row.get(2).sql()?;
+    let run: Vec<u8> = row.get(3).sql()?;
+    let kind: String = row.get(4).sql()?;
+    let decision: Option<String> = row.get(12).sql()?;
+    Ok(ApprovalRecord {
+        id: ApprovalId::from_bytes(id_bytes(&id, "approval")?),
+        tenant_id: tenant(&tenant_s)?,
+        session_id: SessionId::from_bytes(id_bytes(&session, "session")?),
+        run_id: RunId::from_bytes(id_bytes(&run, "run")?),
+        kind: word::<ApprovalKind>(&kind, "approval kind")?,
+        call_id: row.get(5).sql()?,
+        tool_name: row.get(6).sql()?,
+        arguments: row.get(7).sql()?,
+        role: row.get(8).sql()?,
+        reason: row.get(9).sql()?,
+        created_at: Timestamp(row.get(10).sql()?),
+        expires_at: Timestamp(row.get(11).sql()?),
+        decision: decision.as_deref().map(|d| word::<ApprovalDecision>(d, "approval decision")).transpose()?,
+        decided_by: row.get(13).sql()?,
+        decided_at: row.get::<_, Option<i64>>(14).sql()?.map(Timestamp),
+        decision_reason: row.get(15).sql()?,
+        decided_arguments: row.get(16).sql()?,
+        output: row.get(17).sql()?,
     })
 }
 

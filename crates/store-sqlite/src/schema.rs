@@ -9,8 +9,11 @@ use stead_store::{Error, Result};
 use crate::options::Durability;
 
 /// Ordered migrations; `PRAGMA user_version` records how many have been applied.
-const MIGRATIONS: &[&str] =
-    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_unfinished_index.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_unfinished_index.sql"),
+    include_str!("../migrations/0003_approvals.sql"),
+];
 
 /// How long a connection waits on a lock held by another connection (WAL recovery,
 /// checkpoints) before giving up.
@@ -132,11 +135,11 @@ mod tests {
         let index: String = conn
             .query_row("SELECT sql FROM sqlite_master WHERE name = 'runs_unfinished'", [], |r| r.get(0))
             .expect("index");
-        assert!(index.contains("OR status = 'requires_action'"), "{index}");
+        assert!(index.contains("OR status IN ('requires_action', 'awaiting_approval')"), "{index}");
         let waiting: i64 = conn
             .query_row(
                 "SELECT count(*) FROM runs INDEXED BY runs_unfinished WHERE session_pk = 1 \
-                 AND (status IN ('queued', 'running') OR status = 'requires_action')",
+                 AND (status IN ('queued', 'running') OR status IN ('requires_action', 'awaiting_approval'))",
                 [],
                 |r| r.get(0),
             )

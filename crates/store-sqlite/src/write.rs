@@ -315,6 +315,7 @@ pub(crate) fn append(conn: &Connection, ctx: &WriteCtx, req: AppendRequest) -> W
                     }
                 };
                 slots[idx].state.apply(at, body).map_err(|reason| Error::InvalidTransition { run, reason })?;
+                project_approval(conn, &tenant_id, pk, run, at, body)?;
             }
         }
         let (event, hash) = insert_event(&mut insert, ctx, pk, &tenant_id, session_id, seq, at, &prev, new)?;
@@ -360,6 +361,86 @@ pub(crate) fn append(conn: &Connection, ctx: &WriteCtx, req: AppendRequest) -> W
     Ok((committed, vec![note]))
 }
 
+/// Folds an approval event into the approvals table. Runs after `RunState::apply` accepted
+/// the event, yet checks again on its own: the run state only knows its run, so only here can
+/// an approval id reused elsewhere be caught, and the projection must never quietly diverge
+/// from the log.
+fn project_approval(
+    conn: &Connection,
+    tenant: &TenantId,
+    session_pk: i64,
+    run: RunId,
+    at: Timestamp,
+    body: &EventBody,
+) -> Result<()> {
+    match body {
+        EventBody::ApprovalRequested { approval_id, kind, call_id, name, arguments, role, expires_at, reason } => {
+            // Ids are unique across tenants (like run ids), so this lookup is not tenant-scoped.
+            let taken = conn
+                .row("SELECT 1 FROM approvals WHERE id = ?1", [&approval_id.as_bytes()[..]], |_| Ok(()))
+                .optional()
+                .sql()?
+                .is_some();
+            if taken {
+                return Err(Error::InvalidTransition {
+                    run,
+                    reason: format!("an approval with id {approval_id} already exists"),
+                });
+            }
+            conn.exec(
+                "INSERT INTO approvals (id, tenant, session_pk, run_id, kind, call_id, tool_name, arguments, role, \
+                 reason, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    &approval_id.as_bytes()[..],
+                    tenant.as_str(),
+                    session_pk,
+                    &run.as_bytes()[..],
+                    kind.as_str(),
+                    call_id,
+                    name,
+                    arguments,
+                    role,
+                    reason,
+                    at.millis(),
+                    expires_at.millis()
+                ],
+            )
+            .sql()?;
+        }
+        EventBody::ApprovalDecided { approval_id, call_id, decision, decided_by, reason, arguments, output } => {
+            let updated = conn
+                .exec(
+                    "UPDATE approvals SET decision = ?1, decided_by = ?2, decided_at = ?3, decision_reason = ?4, \
+                     decided_arguments = ?5, output = ?6 \
+                     WHERE id = ?7 AND tenant = ?8 AND session_pk = ?9 AND run_id = ?10 AND call_id = ?11 \
+                       AND decision IS NULL",
+                    params![
+                        decision.as_str(),
+                        decided_by,
+                        at.millis(),
+                        reason,
+                        arguments,
+                        output,
+                        &approval_id.as_bytes()[..],
+                        tenant.as_str(),
+                        session_pk,
+                        &run.as_bytes()[..],
+                        call_id
+                    ],
+                )
+                .sql()?;
+            if updated != 1 {
+                return Err(Error::InvalidTransition {
+                    run,
+                    reason: format!("approval {approval_id} is not pending for call {call_id:?} of this run"),
+                });
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 pub(crate) fn delete_session(conn: &Connection, tenant: &TenantId, id: &SessionId) -> Written<()> {
     let pk = session_pk(conn, tenant, id)?;
     let leased: Option<Vec<u8>> = conn
@@ -378,18 +459,21 @@ pub(crate) fn delete_session(conn: &Connection, tenant: &TenantId, id: &SessionI
     }
     conn.exec("DELETE FROM events WHERE session_pk = ?1", [pk]).sql()?;
     conn.exec("DELETE FROM runs WHERE session_pk = ?1", [pk]).sql()?;
+    conn.exec("DELETE FROM approvals WHERE session_pk = ?1", [pk]).sql()?;
     conn.exec("DELETE FROM sessions WHERE pk = ?1", [pk]).sql()?;
     Ok(((), Vec::new()))
 }
 
 /// Claimable runs, oldest first: queued or running, unleased or with an expired lease, and
-/// the oldest unfinished run of their session (a run waiting on the client blocks later ones).
+/// the oldest unfinished run of their session (a run waiting on the client or on an approval
+/// blocks later ones). The unfinished predicate is spelled exactly as `runs_unfinished`'s.
 pub(crate) const CLAIMABLE: &str = "SELECT r.pk FROM runs r \
      WHERE r.status IN ('queued', 'running') \
        AND (r.lease_owner IS NULL OR r.lease_expires <= ?1) \
        AND NOT EXISTS (SELECT 1 FROM runs e \
                        WHERE e.session_pk = r.session_pk AND e.pk < r.pk \
-                         AND (e.status IN ('queued', 'running') OR e.status = 'requires_action')) \
+                         AND (e.status IN ('queued', 'running') \
+                              OR e.status IN ('requires_action', 'awaiting_approval'))) \
      ORDER BY r.pk LIMIT ?2";
 
 pub(crate) fn claim_runs(conn: &Connection, worker: &str, lease: Duration, max: usize) -> Written<Vec<Claim>> {

@@ -15,7 +15,10 @@
 //! - `list_agent_versions` of an unknown agent is `NotFound`;
 //! - creating a session whose id exists is a `Conflict` with `expected: 0`;
 //! - `LimitExceeded` messages name the limit (`max_events_per_session`, `max_event_bytes`);
-//! - a commit is published on `subscribe` before the write that made it returns.
+//! - a commit is published on `subscribe` before the write that made it returns;
+//! - approval ids are unique across tenants (a reused one is `InvalidTransition`), an
+//!   approval's `created_at` / `decided_at` are the `at` of its request / decision event, and
+//!   `list_approvals` with a `session` filter naming a session the tenant lacks is empty.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,13 +28,17 @@ use std::time::Duration;
 
 use serde_json::json;
 use stead_core::agent::{AgentSpec, SpecFormat};
-use stead_core::event::{Actor, ChainVerifier, ErrorInfo, Event, EventBody, NewEvent};
-use stead_core::ids::{RunId, SessionId, TenantId};
+use stead_core::event::{Actor, ApprovalDecision, ApprovalKind, ChainVerifier, ErrorInfo, Event, EventBody, NewEvent};
+use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::message::{Message, ToolCall, Usage};
 use stead_core::run::{RunState, RunStatus};
+use stead_core::time::Timestamp;
 use tokio::task::JoinSet;
 
-use crate::{AppendRequest, Committed, Error, Fence, NewSession, Page, RunRecord, SessionRecord, Store};
+use crate::{
+    AppendRequest, ApprovalFilter, ApprovalRecord, Committed, Error, Fence, NewSession, Page, RunRecord, SessionRecord,
+    Store,
+};
 
 /// The limits a case needs its store to enforce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +104,12 @@ macro_rules! __conformance_cases {
             limits_refuse_and_write_nothing,
             deleting_a_session_removes_everything_and_waits_for_leases,
             commits_are_published_in_order,
+            approvals_follow_their_events,
+            bad_approval_events_write_nothing,
+            approvals_are_tenant_scoped_filtered_and_paged,
+            due_approvals_are_pending_expired_and_soonest_first,
+            runs_awaiting_approval_hold_no_lease_block_and_resume,
+            deleting_a_session_removes_its_approvals,
         );
     };
 }
@@ -227,6 +240,155 @@ fn run_completed(run: RunId, output: &str) -> NewEvent {
     on(run, EventBody::RunCompleted { output: Some(output.into()) })
 }
 
+fn approval_requested(
+    run: RunId,
+    id: ApprovalId,
+    kind: ApprovalKind,
+    call_id: &str,
+    expires_at: Timestamp,
+) -> NewEvent {
+    on(
+        run,
+        EventBody::ApprovalRequested {
+            approval_id: id,
+            kind,
+            call_id: call_id.into(),
+            name: "pay".into(),
+            arguments: format!("{{\"call\":\"{call_id}\"}}"),
+            role: "approver".into(),
+            expires_at,
+            reason: format!("{call_id} needs a yes"),
+        },
+    )
+}
+
+/// A tool-call approval for `call_id` that expires in an hour.
+fn ask(run: RunId, id: ApprovalId, call_id: &str) -> NewEvent {
+    approval_requested(run, id, ApprovalKind::ToolCall, call_id, Timestamp::now().plus(Duration::from_secs(3600)))
+}
+
+fn decided(run: RunId, id: ApprovalId, call_id: &str, decision: ApprovalDecision) -> NewEvent {
+    decided_with(run, id, call_id, decision, None, None, None)
+}
+
+fn decided_with(
+    run: RunId,
+    id: ApprovalId,
+    call_id: &str,
+    decision: ApprovalDecision,
+    reason: Option<&str>,
+    arguments: Option<&str>,
+    output: Option<&str>,
+) -> NewEvent {
+    NewEvent {
+        run_id: Some(run),
+        actor: Actor::principal("bob"),
+        body: EventBody::ApprovalDecided {
+            approval_id: id,
+            call_id: call_id.into(),
+            decision,
+            decided_by: "principal:bob".into(),
+            reason: reason.map(Into::into),
+            arguments: arguments.map(Into::into),
+            output: output.map(Into::into),
+        },
+    }
+}
+
+/// Checks that each approval the store returns is exactly what the session's log says, and
+/// that the session's listing holds them in this order; returns them.
+async fn approvals_match_log(
+    store: &dyn Store,
+    tenant: &TenantId,
+    session: SessionId,
+    ids: &[ApprovalId],
+) -> Vec<ApprovalRecord> {
+    let log = verified_log(store, tenant, session).await;
+    let mut records = Vec::new();
+    for id in ids {
+        let got = store.get_approval(tenant, id).await.expect("get approval");
+        assert_eq!(got, approval_from_log(&log, *id), "approval {id} is what its events say");
+        records.push(got);
+    }
+    assert_eq!(all_approvals(store, tenant, &by_session(session), 1000).await, records, "the session's approvals");
+    records
+}
+
+fn awaiting(run: RunId, ids: Vec<ApprovalId>) -> NewEvent {
+    on(run, EventBody::RunAwaitingApproval { approval_ids: ids })
+}
+
+fn by_session(session: SessionId) -> ApprovalFilter {
+    ApprovalFilter { pending_only: false, session: Some(session) }
+}
+
+/// What the log says an approval is: its request event, and its decision event if any.
+fn approval_from_log(log: &[Event], id: ApprovalId) -> ApprovalRecord {
+    let (request, body) = log
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::ApprovalRequested { approval_id, .. } if *approval_id == id => Some((e, &e.body)),
+            _ => None,
+        })
+        .expect("the approval's request is in the log");
+    let EventBody::ApprovalRequested { kind, call_id, name, arguments, role, expires_at, reason, .. } = body else {
+        unreachable!("matched above")
+    };
+    let mut record = ApprovalRecord {
+        id,
+        tenant_id: request.tenant_id.clone(),
+        session_id: request.session_id,
+        run_id: request.run_id.expect("an approval event names its run"),
+        kind: *kind,
+        call_id: call_id.clone(),
+        tool_name: name.clone(),
+        arguments: arguments.clone(),
+        role: role.clone(),
+        reason: reason.clone(),
+        created_at: request.at,
+        expires_at: *expires_at,
+        decision: None,
+        decided_by: None,
+        decided_at: None,
+        decision_reason: None,
+        decided_arguments: None,
+        output: None,
+    };
+    for e in log {
+        if let EventBody::ApprovalDecided { approval_id, decision, decided_by, reason, arguments, output, .. } = &e.body
+            && *approval_id == id
+        {
+            assert!(record.decision.is_none(), "the log decides {id} once");
+            record.decision = Some(*decision);
+            record.decided_by = Some(decided_by.clone());
+            record.decided_at = Some(e.at);
+            record.decision_reason = reason.clone();
+            record.decided_arguments = arguments.clone();
+            record.output = output.clone();
+        }
+    }
+    record
+}
+
+/// Every approval of the tenant, paging with `limit` per page.
+async fn all_approvals(
+    store: &dyn Store,
+    tenant: &TenantId,
+    filter: &ApprovalFilter,
+    limit: u32,
+) -> Vec<ApprovalRecord> {
+    let mut out: Vec<ApprovalRecord> = Vec::new();
+    loop {
+        let after = out.last().map(|a| a.id.to_string());
+        let page = store.list_approvals(tenant, filter, &Page { after, limit }).await.expect("list approvals");
+        assert!(page.len() <= limit as usize, "a page holds at most its limit");
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
 fn append_req(
     tenant: &TenantId,
     session: SessionId,
@@ -305,6 +467,7 @@ struct Snapshot {
     session: SessionRecord,
     events: Vec<Event>,
     runs: Vec<RunRecord>,
+    approvals: Vec<ApprovalRecord>,
 }
 
 async fn snapshot(store: &dyn Store, tenant: &TenantId, session: SessionId) -> Snapshot {
@@ -312,6 +475,10 @@ async fn snapshot(store: &dyn Store, tenant: &TenantId, session: SessionId) -> S
         session: store.get_session(tenant, &session).await.expect("get session"),
         events: all_events(store, tenant, session).await,
         runs: store.list_runs(tenant, &session, &Page { after: None, limit: 1000 }).await.expect("list runs"),
+        approvals: store
+            .list_approvals(tenant, &by_session(session), &Page { after: None, limit: 1000 })
+            .await
+            .expect("list approvals"),
     }
 }
 
@@ -1208,4 +1375,394 @@ pub async fn commits_are_published_in_order(make: &impl MakeStore) {
             assert_eq!(c.wakes_workers(), wakes);
         }
     }
+}
+
+/// Approval rows appear with their request and change with their decision, in the same
+/// commit, and always equal what the log says.
+pub async fn approvals_follow_their_events(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = &*fx.store;
+    let t = tenant_a();
+    let s = new_session(store, &t).await.id;
+    let run = RunId::new();
+    let (a1, a2, a3) = (ApprovalId::new(), ApprovalId::new(), ApprovalId::new());
+    push(store, &t, s, vec![run_created(run, "pay"), responded(run, vec![call("c1", "pay"), call("c2", "pay")], None)])
+        .await;
+    assert_not_found(store.get_approval(&t, &a1).await, "an approval not yet requested");
+    assert!(all_approvals(store, &t, &ApprovalFilter::default(), 10).await.is_empty());
+
+    push(store, &t, s, vec![ask(run, a1, "c1"), ask(run, a2, "c2"), awaiting(run, vec![a1, a2])]).await;
+    let pending = approvals_match_log(store, &t, s, &[a1, a2]).await;
+    for (a, call_id) in pending.iter().zip(["c1", "c2"]) {
+        assert_eq!((a.run_id, a.session_id, &a.tenant_id, a.kind), (run, s, &t, ApprovalKind::ToolCall));
+        assert_eq!((a.call_id.as_str(), a.tool_name.as_str(), a.role.as_str()), (call_id, "pay", "approver"));
+        assert_eq!((a.decision, &a.decided_by, a.decided_at), (None, &None, None), "pending");
+    }
+    assert_eq!(store.get_run(&t, &run).await.expect("get run").status(), RunStatus::AwaitingApproval);
+
+    push(
+        store,
+        &t,
+        s,
+        vec![decided_with(run, a1, "c1", ApprovalDecision::Approve, Some("ok"), Some("{\"amount\":1}"), None)],
+    )
+    .await;
+    let records = approvals_match_log(store, &t, s, &[a1, a2]).await;
+    assert_eq!(records[0].decision, Some(ApprovalDecision::Approve));
+    assert_eq!(records[0].decided_by.as_deref(), Some("principal:bob"));
+    assert_eq!(records[0].decision_reason.as_deref(), Some("ok"));
+    assert_eq!(records[0].decided_arguments.as_deref(), Some("{\"amount\":1}"));
+    assert!(records[0].decided_at.is_some_and(|at| at >= records[0].created_at));
+    assert_eq!(records[1], pending[1], "deciding one approval leaves the other alone");
+    assert_eq!(
+        store.get_run(&t, &run).await.expect("get run").status(),
+        RunStatus::AwaitingApproval,
+        "c2 is still open"
+    );
+
+    push(store, &t, s, vec![decided_with(run, a2, "c2", ApprovalDecision::Deny, Some("no"), None, None)]).await;
+    assert_eq!(store.get_run(&t, &run).await.expect("get run").status(), RunStatus::Queued);
+
+    // The approved call starts, its result is lost: a question of another kind on the same call.
+    push(store, &t, s, vec![tool_started(run, "c1", "pay")]).await;
+    let past = Timestamp::now();
+    push(
+        store,
+        &t,
+        s,
+        vec![approval_requested(run, a3, ApprovalKind::OutcomeUnknown, "c1", past), awaiting(run, vec![a3])],
+    )
+    .await;
+    push(store, &t, s, vec![decided_with(run, a3, "c1", ApprovalDecision::Skip, None, None, Some("paid"))]).await;
+    let records = approvals_match_log(store, &t, s, &[a1, a2, a3]).await;
+    assert_eq!(
+        (records[1].decision, records[1].decision_reason.as_deref()),
+        (Some(ApprovalDecision::Deny), Some("no"))
+    );
+    assert_eq!((records[2].kind, records[2].expires_at), (ApprovalKind::OutcomeUnknown, past));
+    assert_eq!((records[2].decision, records[2].output.as_deref()), (Some(ApprovalDecision::Skip), Some("paid")));
+    assert_eq!(store.get_run(&t, &run).await.expect("get run").status(), RunStatus::Queued);
+    assert_eq!(all_approvals(store, &t, &ApprovalFilter::default(), 2).await, records);
+}
+
+/// A decision for an unknown, another run's or an already decided approval, and a request
+/// reusing an approval id, are refused whole and change no approval.
+pub async fn bad_approval_events_write_nothing(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = &*fx.store;
+    let t = tenant_a();
+    let s = new_session(store, &t).await.id;
+    let (r1, r2) = (RunId::new(), RunId::new());
+    let (a1, a2) = (ApprovalId::new(), ApprovalId::new());
+    push(store, &t, s, vec![run_created(r1, "one"), responded(r1, vec![call("c1", "pay")], None), ask(r1, a1, "c1")])
+        .await;
+    push(
+        store,
+        &t,
+        s,
+        vec![
+            run_created(r2, "two"),
+            responded(r2, vec![call("c1", "pay"), call("c2", "pay"), call("c3", "pay")], None),
+            ask(r2, a2, "c1"),
+        ],
+    )
+    .await;
+    let before = snapshot(store, &t, s).await;
+    assert_eq!(before.approvals.len(), 2);
+
+    let unknown = ApprovalId::new();
+    assert_invalid(
+        try_push(store, &t, s, vec![decided(r1, unknown, "c1", ApprovalDecision::Approve)], None).await,
+        r1,
+        "a decision for an unknown approval",
+    );
+    assert_invalid(
+        try_push(store, &t, s, vec![decided(r1, a2, "c1", ApprovalDecision::Approve)], None).await,
+        r1,
+        "a decision naming another run's approval",
+    );
+    assert_invalid(
+        try_push(store, &t, s, vec![decided(r2, a1, "c1", ApprovalDecision::Approve)], None).await,
+        r2,
+        "a decision through another run",
+    );
+    assert_invalid(
+        try_push(store, &t, s, vec![decided(r1, a1, "c1", ApprovalDecision::Retry)], None).await,
+        r1,
+        "a decision that does not answer the approval's kind",
+    );
+    assert_invalid(try_push(store, &t, s, vec![ask(r2, a1, "c2")], None).await, r2, "a request reusing an id");
+    let fresh = ApprovalId::new();
+    assert_invalid(
+        try_push(store, &t, s, vec![ask(r2, fresh, "c2"), ask(r2, fresh, "c3")], None).await,
+        r2,
+        "one id requested twice in a batch",
+    );
+    assert_not_found(store.get_approval(&t, &fresh).await, "the refused batch's approval");
+    let b = tenant_b();
+    let sb = new_session(store, &b).await.id;
+    let rb = RunId::new();
+    push(store, &b, sb, vec![run_created(rb, "b"), responded(rb, vec![call("c1", "pay")], None)]).await;
+    assert_invalid(try_push(store, &b, sb, vec![ask(rb, a1, "c1")], None).await, rb, "another tenant's approval id");
+    assert!(store.list_approvals(&b, &ApprovalFilter::default(), &Page::default()).await.expect("list").is_empty());
+    assert_eq!(snapshot(store, &t, s).await, before, "refused approval events wrote nothing");
+
+    push(store, &t, s, vec![decided(r1, a1, "c1", ApprovalDecision::Approve)]).await;
+    let decided_once = snapshot(store, &t, s).await;
+    assert_invalid(
+        try_push(store, &t, s, vec![decided(r1, a1, "c1", ApprovalDecision::Deny)], None).await,
+        r1,
+        "a second decision",
+    );
+    assert_invalid(
+        try_push(
+            store,
+            &t,
+            s,
+            vec![decided(r2, a2, "c1", ApprovalDecision::Approve), decided(r2, a2, "c1", ApprovalDecision::Deny)],
+            None,
+        )
+        .await,
+        r2,
+        "two decisions in one batch",
+    );
+    assert_eq!(snapshot(store, &t, s).await, decided_once, "refused decisions wrote nothing");
+    assert_eq!(store.get_approval(&t, &a1).await.expect("a1").decision, Some(ApprovalDecision::Approve));
+    assert_eq!(store.get_approval(&t, &a2).await.expect("a2").decision, None);
+    approvals_match_log(store, &t, s, &[a1, a2]).await;
+}
+
+/// Approvals are only visible to their tenant, and list oldest first, filtered by pending and
+/// by session, each exactly once across pages.
+pub async fn approvals_are_tenant_scoped_filtered_and_paged(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = &*fx.store;
+    let (ta, tb) = (tenant_a(), tenant_b());
+    let sessions = [new_session(store, &ta).await.id, new_session(store, &ta).await.id];
+    let runs = [RunId::new(), RunId::new()];
+    let calls: Vec<ToolCall> = (0..4).map(|i| call(&format!("c{i}"), "pay")).collect();
+    for (s, r) in sessions.iter().zip(runs) {
+        push(store, &ta, *s, vec![run_created(r, "go"), responded(r, calls.clone(), None)]).await;
+    }
+    // Created interleaved across the two sessions: (session index, call index).
+    let order = [(0, 0), (1, 0), (0, 1), (0, 2), (1, 1), (1, 2), (0, 3)];
+    let mut created: Vec<(usize, ApprovalId, String)> = Vec::new();
+    for (si, ci) in order {
+        let id = ApprovalId::new();
+        let call_id = format!("c{ci}");
+        push(store, &ta, sessions[si], vec![ask(runs[si], id, &call_id)]).await;
+        created.push((si, id, call_id));
+    }
+    // Decide the second and the fifth.
+    let decided_ix = [1, 4];
+    for &i in &decided_ix {
+        let (si, id, call_id) = &created[i];
+        push(store, &ta, sessions[*si], vec![decided(runs[*si], *id, call_id, ApprovalDecision::Deny)]).await;
+    }
+    let sb = new_session(store, &tb).await.id;
+    let rb = RunId::new();
+    let ab = ApprovalId::new();
+    push(store, &tb, sb, vec![run_created(rb, "b"), responded(rb, vec![call("c0", "pay")], None), ask(rb, ab, "c0")])
+        .await;
+
+    let ids = |records: &[ApprovalRecord]| records.iter().map(|a| a.id).collect::<Vec<_>>();
+    let all = all_approvals(store, &ta, &ApprovalFilter::default(), 2).await;
+    assert_eq!(ids(&all), created.iter().map(|c| c.1).collect::<Vec<_>>(), "oldest first, each once");
+    for a in &all {
+        assert_eq!(a, &store.get_approval(&ta, &a.id).await.expect("get"), "listing and get agree");
+        assert_eq!(a.tenant_id, ta);
+    }
+    let pending = all_approvals(store, &ta, &ApprovalFilter { pending_only: true, session: None }, 2).await;
+    let want: Vec<ApprovalId> =
+        created.iter().enumerate().filter(|(i, _)| !decided_ix.contains(i)).map(|(_, c)| c.1).collect();
+    assert_eq!(ids(&pending), want, "pending only");
+    assert!(pending.iter().all(|a| a.decision.is_none()));
+    for (si, s) in sessions.iter().enumerate() {
+        let want: Vec<ApprovalId> = created.iter().filter(|c| c.0 == si).map(|c| c.1).collect();
+        assert_eq!(ids(&all_approvals(store, &ta, &by_session(*s), 1).await), want, "session {si}");
+        let want: Vec<ApprovalId> = created
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| c.0 == si && !decided_ix.contains(i))
+            .map(|(_, c)| c.1)
+            .collect();
+        let filter = ApprovalFilter { pending_only: true, session: Some(*s) };
+        assert_eq!(ids(&all_approvals(store, &ta, &filter, 1).await), want, "session {si}, pending");
+    }
+    let default_page = store.list_approvals(&ta, &ApprovalFilter::default(), &Page::default()).await.expect("list");
+    assert_eq!(default_page, all, "limit 0 is a default-sized page");
+
+    // Tenant isolation, both ways.
+    for (_, id, _) in &created {
+        assert_not_found(store.get_approval(&tb, id).await, "B reading A's approval");
+    }
+    assert_not_found(store.get_approval(&ta, &ab).await, "A reading B's approval");
+    assert_eq!(ids(&all_approvals(store, &tb, &ApprovalFilter::default(), 10).await), vec![ab]);
+    assert!(all_approvals(store, &tb, &by_session(sessions[0]), 10).await.is_empty(), "B filtering on A's session");
+    assert!(all_approvals(store, &ta, &by_session(sb), 10).await.is_empty(), "A filtering on B's session");
+    assert_not_found(
+        store
+            .list_approvals(&tb, &ApprovalFilter::default(), &Page { after: Some(created[0].1.to_string()), limit: 10 })
+            .await,
+        "B paging after A's approval",
+    );
+    assert_eq!(store.get_approval(&tb, &ab).await.expect("B's own").tenant_id, tb);
+}
+
+/// `due_approvals` returns pending approvals whose deadline passed, of every tenant, soonest
+/// deadline first, at most `limit`.
+pub async fn due_approvals_are_pending_expired_and_soonest_first(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = &*fx.store;
+    let (ta, tb) = (tenant_a(), tenant_b());
+    let now = Timestamp::now();
+    let ago = |ms: i64| Timestamp(now.millis() - ms);
+    let sa = new_session(store, &ta).await.id;
+    let ra = RunId::new();
+    let calls: Vec<ToolCall> = (1..=4).map(|i| call(&format!("c{i}"), "pay")).collect();
+    push(store, &ta, sa, vec![run_created(ra, "a"), responded(ra, calls, None)]).await;
+    let a: Vec<ApprovalId> = (0..4).map(|_| ApprovalId::new()).collect();
+    push(
+        store,
+        &ta,
+        sa,
+        vec![
+            approval_requested(ra, a[0], ApprovalKind::ToolCall, "c1", ago(3000)),
+            approval_requested(ra, a[1], ApprovalKind::ToolCall, "c2", ago(1000)),
+            approval_requested(ra, a[2], ApprovalKind::ToolCall, "c3", now.plus(Duration::from_secs(3600))),
+            approval_requested(ra, a[3], ApprovalKind::ToolCall, "c4", ago(2000)),
+        ],
+    )
+    .await;
+    push(store, &ta, sa, vec![decided(ra, a[3], "c4", ApprovalDecision::Expire)]).await;
+    let sb = new_session(store, &tb).await.id;
+    let rb = RunId::new();
+    let ab = ApprovalId::new();
+    push(
+        store,
+        &tb,
+        sb,
+        vec![
+            run_created(rb, "b"),
+            responded(rb, vec![call("c1", "pay")], None),
+            approval_requested(rb, ab, ApprovalKind::ToolCall, "c1", ago(4000)),
+        ],
+    )
+    .await;
+
+    let due = store.due_approvals(now, 10).await.expect("due");
+    assert_eq!(
+        due.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![ab, a[0], a[1]],
+        "pending and expired, across tenants, soonest deadline first"
+    );
+    for d in &due {
+        assert_eq!(d, &store.get_approval(&d.tenant_id, &d.id).await.expect("get"), "the same record as get");
+    }
+    assert_eq!(store.due_approvals(now, 2).await.expect("due"), due[..2].to_vec(), "at most `limit`");
+    assert_eq!(store.due_approvals(ago(3500), 10).await.expect("due"), due[..1].to_vec(), "only those due by `now`");
+    assert_eq!(store.due_approvals(ago(1000), 10).await.expect("due"), due, "a deadline equal to `now` is due");
+    assert!(store.due_approvals(ago(5000), 10).await.expect("due").is_empty());
+}
+
+/// A run awaiting approval holds no lease, is not claimable, blocks the later runs of its
+/// session, and is queued (and claimable with a new token) once every approval is decided.
+pub async fn runs_awaiting_approval_hold_no_lease_block_and_resume(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = &*fx.store;
+    let t = tenant_a();
+    let s = new_session(store, &t).await.id;
+    let (r1, r2) = (RunId::new(), RunId::new());
+    push(store, &t, s, vec![run_created(r1, "first"), run_created(r2, "second")]).await;
+    let claim = store.claim_runs("w", LONG, 10).await.expect("claim");
+    assert_eq!(claim.iter().map(|c| c.run.id).collect::<Vec<_>>(), vec![r1]);
+    let tok = claim[0].token;
+    let (a1, a2) = (ApprovalId::new(), ApprovalId::new());
+    try_push(
+        store,
+        &t,
+        s,
+        vec![
+            responded(r1, vec![call("c1", "pay"), call("c2", "pay")], None),
+            ask(r1, a1, "c1"),
+            ask(r1, a2, "c2"),
+            awaiting(r1, vec![a1, a2]),
+        ],
+        fence(r1, tok),
+    )
+    .await
+    .expect("wait for approvals");
+    let waiting = store.get_run(&t, &r1).await.expect("get run");
+    assert_eq!(waiting.status(), RunStatus::AwaitingApproval);
+    assert!(!waiting.status().is_terminal() && !waiting.status().is_claimable());
+    assert_eq!(waiting.lease, None, "a run awaiting approval holds no worker");
+    let active: Vec<RunId> = store.active_runs(&t, &s).await.expect("active").into_iter().map(|r| r.id).collect();
+    assert_eq!(active, vec![r1, r2], "awaiting approval is unfinished");
+    assert!(store.claim_runs("w2", LONG, 10).await.expect("claim").is_empty(), "neither it nor the run behind it");
+    assert_fenced(store.renew_lease(&r1, tok, LONG).await, r1, tok, "renewing after the run started waiting");
+    assert_fenced(
+        try_push(store, &t, s, vec![cancel_requested(r1, "x")], fence(r1, tok)).await,
+        r1,
+        tok,
+        "the worker's token after the run started waiting",
+    );
+
+    let mut commits = store.subscribe();
+    push(store, &t, s, vec![decided(r1, a1, "c1", ApprovalDecision::Approve)]).await;
+    assert_eq!(store.get_run(&t, &r1).await.expect("get").status(), RunStatus::AwaitingApproval, "a2 is open");
+    assert!(store.claim_runs("w2", LONG, 10).await.expect("claim").is_empty());
+    push(store, &t, s, vec![decided(r1, a2, "c2", ApprovalDecision::Deny)]).await;
+    assert_eq!(store.get_run(&t, &r1).await.expect("get").status(), RunStatus::Queued);
+    let last = head(store, &t, s).await;
+    let mut woke = false;
+    while let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(5), commits.recv()).await {
+        if c.events.last().map(|e| e.seq) == Some(last) {
+            assert_eq!(c.runs, vec![(r1, RunStatus::Queued)]);
+            woke = c.wakes_workers();
+            break;
+        }
+    }
+    assert!(woke, "the decision that resumed the run wakes workers");
+    let again = store.claim_runs("w2", LONG, 10).await.expect("claim");
+    assert_eq!(again.iter().map(|c| c.run.id).collect::<Vec<_>>(), vec![r1], "r1 resumes, r2 still waits");
+    assert!(again[0].token > tok);
+}
+
+/// Deleting a session deletes its approvals (a run awaiting approval holds no lease, so it
+/// does not block the deletion); other sessions' approvals stay.
+pub async fn deleting_a_session_removes_its_approvals(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = &*fx.store;
+    let t = tenant_a();
+    let past = Timestamp(Timestamp::now().millis() - 1000);
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let s = new_session(store, &t).await.id;
+        let run = RunId::new();
+        let id = ApprovalId::new();
+        push(
+            store,
+            &t,
+            s,
+            vec![
+                run_created(run, "go"),
+                responded(run, vec![call("c1", "pay")], None),
+                approval_requested(run, id, ApprovalKind::ToolCall, "c1", past),
+                awaiting(run, vec![id]),
+            ],
+        )
+        .await;
+        made.push((s, id));
+    }
+    let (keep, kept) = made[0];
+    let (gone, removed) = made[1];
+    let kept_before = snapshot(store, &t, keep).await;
+    store.delete_session(&t, &gone).await.expect("delete a session awaiting approval");
+    assert_not_found(store.get_approval(&t, &removed).await, "a deleted session's approval");
+    let listed = all_approvals(store, &t, &ApprovalFilter::default(), 10).await;
+    assert_eq!(listed.iter().map(|a| a.id).collect::<Vec<_>>(), vec![kept]);
+    assert!(all_approvals(store, &t, &by_session(gone), 10).await.is_empty());
+    let due = store.due_approvals(Timestamp::now(), 10).await.expect("due");
+    assert_eq!(due.iter().map(|a| a.id).collect::<Vec<_>>(), vec![kept], "nothing of it is left to expire");
+    assert_eq!(snapshot(store, &t, keep).await, kept_before, "other sessions are untouched");
 }

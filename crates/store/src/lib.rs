@@ -16,8 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use stead_core::agent::AgentSpec;
-use stead_core::event::{Event, NewEvent};
-use stead_core::ids::{AgentVersionId, RunId, SessionId, TenantId};
+use stead_core::event::{ApprovalDecision, ApprovalKind, Event, NewEvent};
+use stead_core::ids::{AgentVersionId, ApprovalId, RunId, SessionId, TenantId};
 use stead_core::run::{RunState, RunStatus};
 use stead_core::time::Timestamp;
 
@@ -160,6 +160,45 @@ impl Committed {
     }
 }
 
+/// The projection of one approval: its `approval_requested` event, and its
+/// `approval_decided` event once there is one. Maintained in the same transaction as the
+/// append, like the run projection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    pub id: ApprovalId,
+    pub tenant_id: TenantId,
+    pub session_id: SessionId,
+    pub run_id: RunId,
+    pub kind: ApprovalKind,
+    pub call_id: String,
+    pub tool_name: String,
+    /// The arguments the model proposed (JSON text).
+    pub arguments: String,
+    /// The role a decider must hold.
+    pub role: String,
+    pub reason: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// `None` while pending.
+    pub decision: Option<ApprovalDecision>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<Timestamp>,
+    pub decision_reason: Option<String>,
+    /// Arguments substituted by an `approve`.
+    pub decided_arguments: Option<String>,
+    /// The result supplied by a `skip`.
+    pub output: Option<String>,
+}
+
+/// Which approvals to list.
+#[derive(Clone, Debug, Default)]
+pub struct ApprovalFilter {
+    /// Only those without a decision.
+    pub pending_only: bool,
+    /// Only this session's.
+    pub session: Option<SessionId>,
+}
+
 /// A page request: items strictly after `after` (a cursor the previous page returned).
 #[derive(Clone, Debug, Default)]
 pub struct Page {
@@ -216,6 +255,19 @@ pub trait Store: Send + Sync + 'static {
     async fn renew_lease(&self, run: &RunId, token: u64, lease: Duration) -> Result<()>;
     /// Gives a lease back without changing the run (a worker shutting down).
     async fn release_lease(&self, run: &RunId, token: u64) -> Result<()>;
+
+    // Approvals (a projection of `approval_requested` / `approval_decided` events).
+    async fn get_approval(&self, tenant: &TenantId, id: &ApprovalId) -> Result<ApprovalRecord>;
+    /// Oldest first; the cursor is the last approval's id.
+    async fn list_approvals(
+        &self,
+        tenant: &TenantId,
+        filter: &ApprovalFilter,
+        page: &Page,
+    ) -> Result<Vec<ApprovalRecord>>;
+    /// Pending approvals whose `expires_at <= now`, across all tenants (for the expiry sweeper),
+    /// oldest expiry first.
+    async fn due_approvals(&self, now: Timestamp, limit: u32) -> Result<Vec<ApprovalRecord>>;
 
     /// Commits as they happen. A slow receiver may lag; it then re-reads from the store.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Committed>;
