@@ -327,6 +327,9 @@ pub struct ToolPolicy {
     pub class: ToolClass,
     /// Why this call needs a person's approval first, if it does.
     pub approval: Option<String>,
+    /// Why these arguments can't be run at all (not JSON, or against the tool's schema): the
+    /// model is told, and nothing runs or asks for approval.
+    pub rejection: Option<String>,
 }
 
 /// A question for a person that `decide` wants asked.
@@ -411,7 +414,6 @@ pub fn decide(
         let mut waiting = Vec::new();
         let mut client = Vec::new();
         for p in &run.pending {
-            let policy = policy_of(&p.call);
             let runnable = || {
                 let mut c = p.call.clone();
                 if let Some(args) = &p.approved_arguments {
@@ -419,6 +421,8 @@ pub fn decide(
                 }
                 c
             };
+            // Judged on the arguments that would run (an approver's edit included).
+            let policy = policy_of(&runnable());
             let idempotent = match policy.class {
                 ToolClass::Client => {
                     client.push(p.call.clone());
@@ -428,6 +432,10 @@ pub fn decide(
                 // Nothing runs for an unknown tool, so "running it again" is harmless.
                 ToolClass::Unknown => true,
             };
+            if let (Some(why), None) = (&policy.rejection, &p.idempotency_key) {
+                results.push((p.call.clone(), why.clone(), true));
+                continue;
+            }
             let approval = p.approval.as_ref();
             if p.idempotency_key.is_some() {
                 // Started before, no result recorded: a crash in between.
@@ -561,7 +569,8 @@ mod tests {
             _ => ToolClass::Unknown,
         };
         let approval = (call.name == "pay").then(|| "payments need approval".to_owned());
-        ToolPolicy { class, approval }
+        let rejection = (call.arguments == "bad").then(|| "error: arguments do not match the schema".to_owned());
+        ToolPolicy { class, approval, rejection }
     }
 
     fn call(id: &str, name: &str) -> ToolCall {
@@ -744,6 +753,16 @@ mod tests {
             }
             assert!(r.apply(T0, &decided(id, "c1", decision)).is_err(), "decisions are single-use");
         }
+    }
+
+    #[test]
+    fn rejected_arguments_are_answered_without_running_or_asking() {
+        let a = agent();
+        let mut r = RunState::created(2, T0);
+        let bad = ToolCall { id: "c1".into(), name: "pay".into(), arguments: "bad".into() };
+        r.apply(T0, &responded(vec![bad.clone(), call("c2", "clock")], None)).unwrap();
+        let Decision::RecordResults { results } = decide(&a, &r, T0, &classes) else { panic!() };
+        assert_eq!(results, vec![(bad, "error: arguments do not match the schema".to_owned(), true)]);
     }
 
     #[test]

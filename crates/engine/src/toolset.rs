@@ -26,6 +26,9 @@ enum Runner {
 
 struct Entry {
     def: ToolDef,
+    /// Compiled from `def.parameters`; `None` when the schema itself could not be compiled
+    /// (reported as a build problem).
+    validator: Option<jsonschema::Validator>,
     runner: Runner,
     idempotent: bool,
     approval: ApprovalRule,
@@ -116,7 +119,14 @@ impl AgentTools {
                 }
                 ToolKind::Client => (plain_def(t), Runner::Client, false),
             };
-            tools.insert(Entry { def, runner, idempotent, approval: t.require_approval.clone(), timeout });
+            tools.insert(Entry {
+                def,
+                validator: None,
+                runner,
+                idempotent,
+                approval: t.require_approval.clone(),
+                timeout,
+            });
         }
         for m in &spec.mcp_servers {
             if let Err(e) = tools.add_mcp_server(m).await {
@@ -126,7 +136,13 @@ impl AgentTools {
         tools
     }
 
-    fn insert(&mut self, entry: Entry) {
+    fn insert(&mut self, mut entry: Entry) {
+        if !matches!(entry.runner, Runner::Client) {
+            match jsonschema::validator_for(&entry.def.parameters) {
+                Ok(v) => entry.validator = Some(v),
+                Err(e) => self.problems.push(format!("tool `{}` has an invalid JSON Schema: {e}", entry.def.name)),
+            }
+        }
         if self.entries.contains_key(&entry.def.name) {
             self.problems.push(format!("two tools are named `{}`; the second is ignored", entry.def.name));
             return;
@@ -154,6 +170,7 @@ impl AgentTools {
             };
             self.insert(Entry {
                 def,
+                validator: None,
                 runner: Runner::Mcp { client: client.clone(), server: m.name.clone(), remote: tool.name.clone() },
                 idempotent: over.idempotent.unwrap_or(hinted),
                 approval: over.require_approval.unwrap_or_else(|| m.require_approval.clone()),
@@ -173,11 +190,14 @@ impl AgentTools {
 
     pub(crate) fn policy(&self, call: &ToolCall) -> ToolPolicy {
         match self.entries.get(&call.name) {
-            None => ToolPolicy { class: ToolClass::Unknown, approval: None },
-            Some(e) if matches!(e.runner, Runner::Client) => ToolPolicy { class: ToolClass::Client, approval: None },
+            None => ToolPolicy { class: ToolClass::Unknown, approval: None, rejection: None },
+            Some(e) if matches!(e.runner, Runner::Client) => {
+                ToolPolicy { class: ToolClass::Client, approval: None, rejection: None }
+            }
             Some(e) => ToolPolicy {
                 class: ToolClass::Server { idempotent: e.idempotent },
                 approval: e.approval.requires(&call.arguments),
+                rejection: check_arguments(e, &call.arguments),
             },
         }
     }
@@ -231,6 +251,29 @@ impl AgentTools {
             Err(_) => Outcome::Unknown(format!("tool `{}` timed out after {}s", call.name, entry.timeout.as_secs())),
         }
     }
+}
+
+/// Why `arguments` can't be run with this tool, or `None` when they fit its schema.
+fn check_arguments(entry: &Entry, arguments: &str) -> Option<String> {
+    let raw = if arguments.trim().is_empty() { "{}" } else { arguments };
+    let value: serde_json::Value = match serde_json::from_str(raw) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        Ok(_) => return Some("error: tool arguments must be a JSON object".into()),
+        Err(e) => return Some(format!("error: tool arguments are not valid JSON: {e}")),
+    };
+    let validator = entry.validator.as_ref()?;
+    let problems: Vec<String> = validator
+        .iter_errors(&value)
+        .take(5)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+        })
+        .collect();
+    if problems.is_empty() {
+        return None;
+    }
+    Some(format!("error: the arguments do not match the schema of `{}`: {}", entry.def.name, problems.join("; ")))
 }
 
 fn plain_def(t: &stead_core::agent::ToolSpec) -> ToolDef {

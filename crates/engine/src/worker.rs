@@ -168,8 +168,9 @@ struct RunDriver {
     tools: Arc<AgentTools>,
     state: RunState,
     head: u64,
-    /// The recent conversation as the model may see it (bounded).
-    history: Vec<Message>,
+    /// The recent conversation as the model may see it (bounded). Shared with each model
+    /// request's context, so building one does not deep-clone the conversation.
+    history: Vec<Arc<Message>>,
     actor: Actor,
     cancel: CancellationToken,
     lost: Arc<AtomicBool>,
@@ -536,7 +537,7 @@ impl RunDriver {
         {
             return;
         }
-        self.history.extend(e.body.messages());
+        self.history.extend(e.body.messages().into_iter().map(Arc::new));
         let cap = 2 * self.agent.context.max_messages as usize;
         if self.history.len() > cap {
             self.history.drain(..self.history.len() - cap / 2);

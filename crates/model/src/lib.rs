@@ -9,6 +9,8 @@ mod retry;
 pub mod scripted;
 mod sse;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 
@@ -23,7 +25,9 @@ pub use scripted::ScriptedModel;
 pub struct ModelRequest {
     /// The provider's model id.
     pub model: String,
-    pub messages: Vec<Message>,
+    /// Shared, not owned: a caller keeping its history as `Arc<Message>` builds each request's
+    /// context without deep-cloning the conversation, and providers only read it.
+    pub messages: Vec<Arc<Message>>,
     /// Tools offered to the model; empty means none.
     pub tools: Vec<ToolDef>,
     pub temperature: Option<f32>,

@@ -12,7 +12,7 @@ use crate::{Error, ErrorKind, ModelRequest, ModelResponse};
 pub(crate) fn request_body(req: &ModelRequest) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), Value::String(req.model.clone()));
-    body.insert("messages".into(), Value::Array(req.messages.iter().map(message).collect()));
+    body.insert("messages".into(), Value::Array(req.messages.iter().map(|m| message(m)).collect()));
     if !req.tools.is_empty() {
         body.insert("tools".into(), Value::Array(req.tools.iter().map(tool).collect()));
     }
@@ -328,12 +328,14 @@ fn usage_of(v: Option<&Value>) -> Option<Usage> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn req(stream: bool) -> ModelRequest {
         ModelRequest {
             model: "m".into(),
-            messages: vec![
+            messages: [
                 Message::System { content: "sys".into() },
                 Message::User { content: "hi".into() },
                 Message::Assistant {
@@ -348,7 +350,10 @@ mod tests {
                     is_error: true,
                 },
                 Message::Assistant { content: None, tool_calls: vec![] },
-            ],
+            ]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
             tools: vec![],
             temperature: Some(0.2),
             max_tokens: None,

@@ -1,6 +1,7 @@
 //! The scripted model: deterministic and in-process, a pure function of the request it gets,
 //! driven by commands in the last user message (`call`, `repeat`, `parallel`, `badargs`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,18 +50,20 @@ impl ModelProvider for ScriptedModel {
 /// The scripted model's answer to `req`: same request, same response.
 pub fn respond(req: &ModelRequest) -> ModelResponse {
     let n = req.messages.len();
-    let last_user = req.messages.iter().rposition(|m| matches!(m, Message::User { .. }));
-    let user_text = match last_user.map(|i| &req.messages[i]) {
+    let last_user = req.messages.iter().rposition(|m| matches!(**m, Message::User { .. }));
+    let user_text = match last_user.map(|i| &*req.messages[i]) {
         Some(Message::User { content }) => content.as_str(),
         _ => "",
     };
     let after = last_user.map_or(&req.messages[..], |i| &req.messages[i + 1..]);
     // `call`, `parallel` and `badargs` act once: any answer after the user message means done.
-    let answered = after.iter().any(|m| matches!(m, Message::Assistant { .. }));
+    let answered = after.iter().any(|m| matches!(**m, Message::Assistant { .. }));
     // `repeat` counts the rounds of tool calls already made for this user message.
-    let rounds =
-        after.iter().filter(|m| matches!(m, Message::Assistant { tool_calls, .. } if !tool_calls.is_empty())).count();
-    let last_result = after.iter().rev().find_map(|m| match m {
+    let rounds = after
+        .iter()
+        .filter(|m| matches!(&***m, Message::Assistant { tool_calls, .. } if !tool_calls.is_empty()))
+        .count();
+    let last_result = after.iter().rev().find_map(|m| match &**m {
         Message::Tool { content, .. } => Some(content.as_str()),
         _ => None,
     });
@@ -93,7 +96,7 @@ pub fn respond(req: &ModelRequest) -> ModelResponse {
             } else {
                 let results: Vec<String> = after
                     .iter()
-                    .filter_map(|m| match m {
+                    .filter_map(|m| match &**m {
                         Message::Tool { name, content, .. } => Some(format!("{name}: {content}")),
                         _ => None,
                     })
@@ -107,7 +110,7 @@ pub fn respond(req: &ModelRequest) -> ModelResponse {
         },
     };
 
-    let input: usize = req.messages.iter().map(message_len).sum();
+    let input: usize = req.messages.iter().map(|m| message_len(m)).sum();
     let (content, tool_calls, output) = match action {
         Action::Reply(text) => {
             let len = text.len();
@@ -185,11 +188,11 @@ fn call(id: String, name: &str, arguments: &str) -> ToolCall {
 }
 
 /// The contents of the tool results the request ends with, if it ends with any.
-fn trailing_results(messages: &[Message]) -> Option<Vec<&str>> {
+fn trailing_results(messages: &[Arc<Message>]) -> Option<Vec<&str>> {
     let mut results: Vec<&str> = messages
         .iter()
         .rev()
-        .map_while(|m| match m {
+        .map_while(|m| match &**m {
             Message::Tool { content, .. } => Some(content.as_str()),
             _ => None,
         })

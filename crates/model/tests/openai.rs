@@ -188,7 +188,7 @@ fn streamed_text(pieces: &[&str]) -> String {
 fn request(stream: bool) -> ModelRequest {
     ModelRequest {
         model: "gpt-test".into(),
-        messages: vec![Message::User { content: "hi".into() }],
+        messages: [Message::User { content: "hi".into() }].into_iter().map(Arc::new).collect(),
         tools: vec![],
         temperature: None,
         max_tokens: None,
@@ -274,7 +274,7 @@ async fn request_body_and_authorization() {
     let server = TestServer::start(|_, _| hello()).await;
     let req = ModelRequest {
         model: "gpt-test".into(),
-        messages: vec![
+        messages: [
             Message::System { content: "be brief".into() },
             Message::User { content: "what time is it?".into() },
             Message::Assistant {
@@ -298,7 +298,10 @@ async fn request_body_and_authorization() {
                 content: "bad args".into(),
                 is_error: true,
             },
-        ],
+        ]
+        .into_iter()
+        .map(Arc::new)
+        .collect(),
         tools: vec![ToolDef {
             name: "clock".into(),
             description: "current time".into(),

@@ -11,7 +11,7 @@ use stead_model::{ModelProvider, ModelRequest, ModelResponse, ProviderDefaults, 
 fn req(messages: Vec<Message>, tools: &[&str], stream: bool) -> ModelRequest {
     ModelRequest {
         model: "scripted-1".into(),
-        messages,
+        messages: messages.into_iter().map(Arc::new).collect(),
         tools: tools
             .iter()
             .map(|t| ToolDef { name: (*t).into(), description: String::new(), parameters: json!({"type": "object"}) })

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use stead_core::agent::{AgentSpec, SpecFormat};
-use stead_core::event::{Actor, ChainVerifier, Event, EventBody, NewEvent};
-use stead_core::ids::{RunId, SessionId, TenantId};
+use stead_core::event::{Actor, ApprovalKind, ChainVerifier, Event, EventBody, NewEvent};
+use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::message::{Message, ToolCall, Usage};
+use stead_core::time::Timestamp;
 use stead_store::{AppendRequest, Error, Fence, NewSession, Store};
 use stead_store_sqlite::{DB_FILE, Durability, SqliteOptions, SqliteStore};
 
@@ -253,6 +254,55 @@ async fn damaged_pages_are_reported_as_corrupt_not_panics() {
             Err(Error::Corrupt(m)) => assert!(m.contains(&*path.to_string_lossy()), "{m}"),
             other => panic!("expected Corrupt, got {other:?}"),
         },
+    }
+}
+
+/// Reads join the session, so an approval row left behind by a delete would be invisible
+/// through the `Store` API; only the tables themselves show that nothing is.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_session_leaves_no_rows_behind() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path());
+    let (s, run) = busy_session(&store, 2).await;
+    let approval = ApprovalId::new();
+    append(
+        &store,
+        s,
+        vec![
+            responded(run, Some("pay"), None),
+            NewEvent {
+                run_id: Some(run),
+                actor: Actor::worker("w"),
+                body: EventBody::ApprovalRequested {
+                    approval_id: approval,
+                    kind: ApprovalKind::ToolCall,
+                    call_id: "pay".into(),
+                    name: "clock".into(),
+                    arguments: "{}".into(),
+                    role: "approver".into(),
+                    expires_at: Timestamp::now(),
+                    reason: "always".into(),
+                },
+            },
+            NewEvent {
+                run_id: Some(run),
+                actor: Actor::worker("w"),
+                body: EventBody::RunAwaitingApproval { approval_ids: vec![approval] },
+            },
+        ],
+    )
+    .await;
+    let conn = rusqlite::Connection::open(store.db_path()).expect("sqlite");
+    let pk: i64 =
+        conn.query_row("SELECT pk FROM sessions WHERE id = ?1", [&s.as_bytes()[..]], |r| r.get(0)).expect("pk");
+    let count = |table: &str| -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table} WHERE session_pk = ?1"), [pk], |r| r.get(0))
+            .expect("count")
+    };
+    assert_eq!((count("runs"), count("approvals")), (1, 1));
+    store.delete_session(&tenant(), &s).await.expect("delete");
+    for table in ["events", "runs", "approvals"] {
+        assert_eq!(count(table), 0, "{table} rows of the deleted session");
     }
 }
 
