@@ -81,15 +81,22 @@ fn completed_outputs(events: &[Event]) -> Vec<(String, bool)> {
 async fn invalid_arguments_and_unknown_tools_go_back_to_the_model_as_errors() {
     let s = setup(EngineOptions::default());
     let session = s.session(BASE).await;
+    // Against the schema: `sleep` requires `ms`. It never starts; the model is told why.
+    let run = s.run(&session, "call sleep {\"ms\": \"soon\"}").await;
+    assert_eq!(run.status(), RunStatus::Completed, "{run:?}");
+    let events = s.events(&session).await;
+    assert!(!events.iter().any(|e| matches!(e.body, EventBody::ToolCallStarted { .. })));
+    let (out, is_error) = completed_outputs(&events).pop().unwrap();
+    assert!(is_error && out.contains("do not match the schema of `sleep`") && out.contains("/ms"), "{out}");
     let run = s.run(&session, "badargs echo").await;
     assert_eq!(run.status(), RunStatus::Completed, "{run:?}");
     let run = s.run(&session, "call launch_rockets {}").await;
     assert_eq!(run.status(), RunStatus::Completed, "{run:?}");
     let outputs = completed_outputs(&s.events(&session).await);
-    assert_eq!(outputs.len(), 2);
-    assert!(outputs[0].1 && outputs[0].0.contains("not valid JSON"), "{outputs:?}");
-    assert!(outputs[1].1 && outputs[1].0.contains("unknown tool `launch_rockets`"), "{outputs:?}");
-    assert!(outputs[1].0.contains("echo, sleep"), "the error lists the tools that exist");
+    assert_eq!(outputs.len(), 3);
+    assert!(outputs[1].1 && outputs[1].0.contains("not valid JSON"), "{outputs:?}");
+    assert!(outputs[2].1 && outputs[2].0.contains("unknown tool `launch_rockets`"), "{outputs:?}");
+    assert!(outputs[2].0.contains("echo, sleep"), "the error lists the tools that exist");
 }
 
 #[tokio::test]
@@ -173,7 +180,7 @@ async fn a_missing_api_key_variable_is_named() {
 async fn parallel_tool_calls_run_together_and_are_all_recorded() {
     let s = setup(EngineOptions::default());
     let session = s.session(BASE).await;
-    let run = s.run(&session, "parallel echo sleep echo").await;
+    let run = s.run(&session, "parallel echo clock echo").await;
     assert_eq!(run.status(), RunStatus::Completed, "{run:?}");
     let events = s.events(&session).await;
     let started = events.iter().filter(|e| matches!(e.body, EventBody::ToolCallStarted { .. })).count();
