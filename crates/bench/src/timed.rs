@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use stead_core::agent::AgentSpec;
 use stead_core::event::Event;
-use stead_core::ids::{RunId, SessionId, TenantId};
+use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
+use stead_core::time::Timestamp;
 use stead_store::{
-    AgentVersion, AppendRequest, Claim, Committed, NewSession, Page, Result, RunRecord, SessionRecord, Store,
+    AgentVersion, AppendRequest, ApprovalFilter, ApprovalRecord, Claim, Committed, NewSession, Page, Result,
+    RunRecord, SessionRecord, Store,
 };
 use stead_store_sqlite::SqliteStore;
 
@@ -107,6 +109,20 @@ impl Store for TimedStore {
     }
     async fn release_lease(&self, run: &RunId, token: u64) -> Result<()> {
         self.inner.release_lease(run, token).await
+    }
+    async fn get_approval(&self, tenant: &TenantId, id: &ApprovalId) -> Result<ApprovalRecord> {
+        self.inner.get_approval(tenant, id).await
+    }
+    async fn list_approvals(
+        &self,
+        tenant: &TenantId,
+        filter: &ApprovalFilter,
+        page: &Page,
+    ) -> Result<Vec<ApprovalRecord>> {
+        self.inner.list_approvals(tenant, filter, page).await
+    }
+    async fn due_approvals(&self, now: Timestamp, limit: u32) -> Result<Vec<ApprovalRecord>> {
+        self.inner.due_approvals(now, limit).await
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Committed> {
         self.inner.subscribe()
