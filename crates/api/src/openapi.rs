@@ -11,6 +11,7 @@ use crate::routes;
     paths(
         routes::healthz, routes::readyz, routes::openapi_json,
         routes::apply_agent, routes::list_agents, routes::get_agent, routes::list_agent_versions, routes::get_agent_version,
+        routes::list_agent_tools, routes::refresh_agent_tools,
         routes::create_session, routes::list_sessions, routes::get_session, routes::delete_session,
         routes::create_run, routes::list_runs, routes::get_run, routes::cancel_run, routes::submit_tool_outputs,
         routes::session_events, routes::audit_session,

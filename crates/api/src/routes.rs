@@ -32,6 +32,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/agents/{name}", get(get_agent))
         .route("/v1/agents/{name}/versions", get(list_agent_versions))
         .route("/v1/agents/{name}/versions/{version}", get(get_agent_version))
+        .route("/v1/agents/{name}/tools", get(list_agent_tools))
+        .route("/v1/agents/{name}/tools/refresh", post(refresh_agent_tools))
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/sessions/{session_id}", get(get_session).delete(delete_session))
         .route("/v1/sessions/{session_id}/runs", post(create_run).get(list_runs))
@@ -214,6 +216,54 @@ pub async fn get_agent_version(
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_version", "the version must be a positive integer"))?;
     Ok(axum::Json(state.engine.store().get_agent(&principal.tenant, &name, Some(version)).await?.into()))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsQuery {
+    /// Agent version (default: latest).
+    pub version: Option<u32>,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+pub struct AgentTools {
+    pub object: &'static str,
+    /// What the model is offered: name, description, JSON Schema of the arguments.
+    #[schema(value_type = Vec<Object>)]
+    pub data: Vec<stead_core::message::ToolDef>,
+    /// Problems met discovering tools (e.g. an MCP server that did not answer); retried on the next run.
+    pub problems: Vec<String>,
+}
+
+/// The tools an agent version offers the model, MCP servers' discovered tools included
+/// (cached per version).
+#[utoipa::path(get, path = "/v1/agents/{name}/tools", tag = "agents",
+    params(("name" = String, Path), ToolsQuery),
+    responses((status = 200, body = AgentTools), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn list_agent_tools(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    Query(q): Query<ToolsQuery>,
+) -> Result<axum::Json<AgentTools>, ApiError> {
+    let (data, problems) = state.engine.list_agent_tools(&principal.tenant, &name, q.version).await?;
+    Ok(axum::Json(AgentTools { object: "list", data, problems }))
+}
+
+/// Forget an agent version's discovered tools and discover them again.
+#[utoipa::path(post, path = "/v1/agents/{name}/tools/refresh", tag = "agents",
+    params(("name" = String, Path), ToolsQuery),
+    responses((status = 200, body = AgentTools), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn refresh_agent_tools(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    Query(q): Query<ToolsQuery>,
+) -> Result<axum::Json<AgentTools>, ApiError> {
+    let v = state.engine.store().get_agent(&principal.tenant, &name, q.version).await?;
+    state.engine.refresh_tools(&principal.tenant, &v.name, v.version);
+    let (data, problems) = state.engine.list_agent_tools(&principal.tenant, &name, Some(v.version)).await?;
+    Ok(axum::Json(AgentTools { object: "list", data, problems }))
 }
 
 // ---- sessions ----

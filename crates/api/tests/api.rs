@@ -241,6 +241,7 @@ async fn tenants_see_only_their_own_data() {
         "key-b-0123456789",
         TenantId::new("b").unwrap(),
         "bob",
+        &[],
     );
     let h = harness(auth, 1 << 20);
     let session = setup_session(&h.app, Some("key-a-0123456789")).await;
@@ -280,6 +281,16 @@ async fn tenants_see_only_their_own_data() {
 async fn client_tools_round_trip_and_pagination() {
     let h = harness(Auth::none(), 1 << 20);
     let session = setup_session(&h.app, None).await;
+    let (s, tools) = call(&h.app, "GET", "/v1/agents/helper/tools", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{tools}");
+    let names: Vec<&str> = tools["data"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["echo", "ask"]);
+    assert_eq!(tools["data"][0]["parameters"]["type"], "object", "built-ins bring their schema");
+    assert!(tools["problems"].as_array().unwrap().is_empty());
+    let (s, _) = call(&h.app, "POST", "/v1/agents/helper/tools/refresh", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&h.app, "GET", "/v1/agents/nobody/tools", None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     let (_, run) = call(
         &h.app,
         "POST",

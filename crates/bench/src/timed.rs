@@ -10,8 +10,8 @@ use stead_core::event::Event;
 use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::time::Timestamp;
 use stead_store::{
-    AgentVersion, AppendRequest, ApprovalFilter, ApprovalRecord, Claim, Committed, NewSession, Page, Result,
-    RunRecord, SessionRecord, Store,
+    AgentVersion, AppendRequest, ApprovalFilter, ApprovalRecord, Claim, Committed, NewSession, Page, Result, RunRecord,
+    SessionRecord, Store,
 };
 use stead_store_sqlite::SqliteStore;
 

@@ -239,6 +239,19 @@ impl Engine {
         built
     }
 
+    /// The tools an agent version offers the model (MCP servers are asked on first use, then
+    /// cached), and any problem met building them (e.g. an MCP server that did not answer).
+    pub async fn list_agent_tools(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<(Vec<stead_core::message::ToolDef>, Vec<String>)> {
+        let v = self.inner.store.get_agent(tenant, name, version).await?;
+        let tools = self.agent_tools(tenant, &v.name, v.version, &v.spec).await;
+        Ok((tools.defs(), tools.problems.clone()))
+    }
+
     /// Forgets an agent version's discovered tools (e.g. after its MCP servers changed).
     pub fn refresh_tools(&self, tenant: &TenantId, name: &str, version: u32) {
         self.inner.toolsets.lock().expect("toolset cache lock").remove(&(tenant.clone(), name.to_owned(), version));
