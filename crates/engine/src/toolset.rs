@@ -224,7 +224,11 @@ impl AgentTools {
                 Runner::Http(spec) => match http {
                     Some(caller) => {
                         let r = caller.call_tool(spec, &args, &ctx.idempotency_key).await;
-                        Outcome::Known(ToolOutput { content: r.text, is_error: r.is_error })
+                        if r.outcome_unknown {
+                            Outcome::Unknown(r.text)
+                        } else {
+                            Outcome::Known(ToolOutput { content: r.text, is_error: r.is_error })
+                        }
                     }
                     None => Outcome::Known(ToolOutput::error("HTTP tools are not enabled on this server")),
                 },

@@ -134,6 +134,35 @@ impl Renderer {
                 }
                 eprintln!("submit with: stead runs submit {run} --output CALL_ID=TEXT");
             }
+            "approval_requested" => {
+                self.end_line();
+                let d = &v["data"];
+                let (id, kind) = (d["approval_id"].as_str().unwrap_or("?"), d["kind"].as_str().unwrap_or(""));
+                eprintln!(
+                    "  ⏸ {}({}) needs a decision (role {}): {}",
+                    d["name"].as_str().unwrap_or("?"),
+                    d["arguments"].as_str().unwrap_or(""),
+                    d["role"].as_str().unwrap_or("?"),
+                    d["reason"].as_str().unwrap_or("")
+                );
+                if kind == "outcome_unknown" {
+                    eprintln!("    settle with: stead approvals resolve {id} --action retry|skip|fail");
+                } else {
+                    eprintln!("    decide with: stead approve {id}   or   stead deny {id} --reason …");
+                }
+            }
+            "run_awaiting_approval" => {
+                eprintln!("  waiting for approval (Ctrl-C leaves the run waiting; it is durable)")
+            }
+            "approval_decided" => {
+                let d = &v["data"];
+                eprintln!(
+                    "  ▶ {} by {}{}",
+                    d["decision"].as_str().unwrap_or("?"),
+                    d["decided_by"].as_str().unwrap_or("?"),
+                    d["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default()
+                );
+            }
             "run_failed" => {
                 self.end_line();
                 let e = &v["data"]["error"];

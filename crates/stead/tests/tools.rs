@@ -633,3 +633,39 @@ async fn crash_during_a_non_idempotent_http_call_asks_a_person() {
     assert_eq!(r.of_type("tool_call_started").len(), 1, "{}", dump(&r.events));
     assert!(r.of_type("tool_call_completed").is_empty(), "{}", dump(&r.events));
 }
+/// A non-idempotent HTTP call whose connection breaks after the server read the request may
+/// have taken effect: a person must decide, as for an MCP call or a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_call_cut_after_the_request_was_read_has_an_unknown_outcome() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(AtomicUsize::new(0));
+    let seen = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let mut text = String::new();
+            while !text.contains("\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            seen.fetch_add(1, Ordering::SeqCst);
+            drop(sock); // the effect happened; the answer never comes
+        }
+    });
+    let stead = allowed().start().await;
+    let spec = format!(
+        "name: t\nmodel: {{provider: scripted, name: s}}\ntools:\n  - name: pay\n    type: http\n    idempotent: false\n    http: {{method: POST, url: \"http://127.0.0.1:{port}/pay\"}}\n"
+    );
+    stead.apply_agent(&spec).await;
+    let session = stead.create_session("t").await;
+    let run = stead.create_run(&session, r#"call pay {"amount":5}"#).await;
+    stead.wait_run(&run, "awaiting_approval").await; // today: run completes → panics here
+    assert_eq!(the_approval(&stead, &run).await["kind"], "outcome_unknown");
+    assert_eq!(got.load(Ordering::SeqCst), 1);
+}

@@ -112,13 +112,18 @@ impl HttpCaller {
             return ToolResult::error("the idempotency key is not a valid header value; no request was sent");
         };
         // One deadline for everything, so redirects and a slow body cannot add up past it.
-        match tokio::time::timeout(self.limits.timeout, self.follow(prepared, key)).await {
+        let sent = std::sync::atomic::AtomicBool::new(false);
+        match tokio::time::timeout(self.limits.timeout, self.follow(prepared, key, &sent)).await {
             Ok(result) => result,
+            // Once a request went out, a deadline says nothing about whether it took effect.
+            Err(_) if sent.load(std::sync::atomic::Ordering::SeqCst) => {
+                ToolResult::unknown(timeout_message(self.limits.timeout))
+            }
             Err(_) => ToolResult::error(timeout_message(self.limits.timeout)),
         }
     }
 
-    async fn follow(&self, prepared: Prepared, key: HeaderValue) -> ToolResult {
+    async fn follow(&self, prepared: Prepared, key: HeaderValue, sent: &std::sync::atomic::AtomicBool) -> ToolResult {
         let Prepared { mut method, mut url, mut headers, mut body, secrets } = prepared;
         let mut followed = 0;
         loop {
@@ -130,9 +135,13 @@ impl HttpCaller {
             if let Some(b) = &body {
                 request = request.body(b.clone());
             }
+            sent.store(true, std::sync::atomic::Ordering::SeqCst);
             let response = match request.send().await {
                 Ok(r) => r,
-                Err(e) => return ToolResult::error(self.transport_error(&e)),
+                // Not connected: nothing was sent. Any other failure may come after the
+                // server read the request, so its effect is unknown.
+                Err(e) if e.is_connect() || e.is_builder() => return ToolResult::error(self.transport_error(&e)),
+                Err(e) => return ToolResult::unknown(self.transport_error(&e)),
             };
             let status = response.status();
             let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -147,6 +156,7 @@ impl HttpCaller {
                     ),
                     is_error: true,
                     status: Some(status.as_u16()),
+                    outcome_unknown: false,
                 };
             }
             let next = match url.join(&location) {
@@ -246,6 +256,8 @@ async fn read_response(response: reqwest::Response, max: usize, secrets: &[Strin
                     text: format!("HTTP {code}: the response body broke off: {}", error_chain(&e)),
                     is_error: true,
                     status: Some(code),
+                    // The status arrived: the server acted on the request.
+                    outcome_unknown: false,
                 };
             }
         };
@@ -266,10 +278,10 @@ async fn read_response(response: reqwest::Response, max: usize, secrets: &[Strin
     let head = format!("HTTP {code} {}", status.canonical_reason().unwrap_or_default()).trim_end().to_owned();
     if status.is_success() {
         let text = if body.is_empty() { format!("{head} (empty body)") } else { body };
-        ToolResult { text, is_error: false, status: Some(code) }
+        ToolResult { text, is_error: false, status: Some(code), outcome_unknown: false }
     } else {
         let text = if body.is_empty() { head } else { format!("{head}: {body}") };
-        ToolResult { text, is_error: true, status: Some(code) }
+        ToolResult { text, is_error: true, status: Some(code), outcome_unknown: false }
     }
 }
 

@@ -47,11 +47,18 @@ pub struct ToolResult {
     pub is_error: bool,
     /// The final response's status, when there was a response.
     pub status: Option<u16>,
+    /// The request may have reached the server but no answer came back (the connection broke
+    /// after sending, or the deadline passed): its effect may or may not have happened.
+    pub outcome_unknown: bool,
 }
 
 impl ToolResult {
     pub(crate) fn error(text: impl Into<String>) -> Self {
-        Self { text: text.into(), is_error: true, status: None }
+        Self { text: text.into(), is_error: true, status: None, outcome_unknown: false }
+    }
+
+    pub(crate) fn unknown(text: impl Into<String>) -> Self {
+        Self { text: text.into(), is_error: true, status: None, outcome_unknown: true }
     }
 }
 
