@@ -366,13 +366,10 @@ impl Engine {
                 events,
                 fence: None,
             };
-            match store.append(req).await {
-                Ok(_) => return Ok(store.get_run(tenant, &run_id).await?),
-                Err(stead_store::Error::Conflict { .. } | stead_store::Error::InvalidTransition { .. }) => {
-                    backoff(attempt).await;
-                }
-                Err(e) => return Err(e.into()),
+            if self.append_unfenced(req).await? {
+                return Ok(store.get_run(tenant, &run_id).await?);
             }
+            backoff(attempt).await;
         }
         Err(Error::Contention(session_id.to_string()))
     }
@@ -406,13 +403,10 @@ impl Engine {
                 }],
                 fence: None,
             };
-            match store.append(req).await {
-                Ok(_) => return Ok(store.get_run(tenant, run_id).await?),
-                Err(stead_store::Error::Conflict { .. } | stead_store::Error::InvalidTransition { .. }) => {
-                    backoff(attempt).await;
-                }
-                Err(e) => return Err(e.into()),
+            if self.append_unfenced(req).await? {
+                return Ok(store.get_run(tenant, run_id).await?);
             }
+            backoff(attempt).await;
         }
         Err(Error::Contention(run_id.to_string()))
     }
@@ -480,13 +474,10 @@ impl Engine {
                 events,
                 fence: None,
             };
-            match store.append(req).await {
-                Ok(_) => return Ok(store.get_run(tenant, run_id).await?),
-                Err(stead_store::Error::Conflict { .. } | stead_store::Error::InvalidTransition { .. }) => {
-                    backoff(attempt).await
-                }
-                Err(e) => return Err(e.into()),
+            if self.append_unfenced(req).await? {
+                return Ok(store.get_run(tenant, run_id).await?);
             }
+            backoff(attempt).await;
         }
         Err(Error::Contention(run_id.to_string()))
     }
@@ -609,14 +600,11 @@ impl Engine {
                 }],
                 fence: None,
             };
-            match store.append(req).await {
-                Ok(_) => return Ok(store.get_approval(tenant, id).await?),
-                // Someone appended first (maybe a decision): read again and re-check.
-                Err(stead_store::Error::Conflict { .. } | stead_store::Error::InvalidTransition { .. }) => {
-                    backoff(attempt).await
-                }
-                Err(e) => return Err(e.into()),
+            // Someone appended first (maybe a decision): read again and re-check.
+            if self.append_unfenced(req).await? {
+                return Ok(store.get_approval(tenant, id).await?);
             }
+            backoff(attempt).await;
         }
         Err(Error::Contention(id.to_string()))
     }
@@ -669,6 +657,16 @@ impl Engine {
     /// link; also checks that the chain ends where the session's recorded head says.
     pub async fn verify_session(&self, tenant: &TenantId, session_id: &SessionId) -> Result<AuditReport> {
         verify_session(self.inner.store.as_ref(), tenant, session_id).await
+    }
+
+    /// A command's append (no lease, no fence): `false` when the session moved on or the
+    /// run's state no longer fits (the caller re-reads and decides again), an error otherwise.
+    async fn append_unfenced(&self, req: AppendRequest) -> Result<bool> {
+        match self.inner.store.append(req).await {
+            Ok(_) => Ok(true),
+            Err(stead_store::Error::Conflict { .. } | stead_store::Error::InvalidTransition { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(crate) fn register_active(&self, run: RunId, token: CancellationToken) {
