@@ -69,11 +69,16 @@ impl Harness {
     /// the built-in tools, and its dispatcher running. With `observe`, model calls go through
     /// a wrapper of the scripted model that reports when each starts.
     pub fn start(base: &Path, observe: bool) -> anyhow::Result<Self> {
+        Self::start_with(base, observe, ToolRegistry::with_builtins(), durability())
+    }
+
+    /// As `start`, with the engine's tool registry and the store's durability given.
+    pub fn start_with(base: &Path, observe: bool, tools: ToolRegistry, durability: Durability) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("stead-bench-")
             .tempdir_in(base)
             .with_context(|| format!("cannot create a temporary directory in {}", base.display()))?;
-        let store = SqliteStore::open(SqliteOptions::new(dir.path()).durability(durability()))?;
+        let store = SqliteStore::open(SqliteOptions::new(dir.path()).durability(durability))?;
         let (tx, calls) = mpsc::unbounded_channel();
         let providers = if observe {
             Providers::with_override(
@@ -87,7 +92,7 @@ impl Harness {
         let engine = Engine::new(
             timed.clone() as Arc<dyn Store>,
             providers,
-            ToolRegistry::with_builtins(),
+            tools,
             EngineOptions { worker_id: "bench".into(), ..EngineOptions::default() },
         );
         let stop = CancellationToken::new();

@@ -8,12 +8,16 @@
 //! ```
 //!
 //! Figure 5 starts the real `stead serve`: `STEAD_BIN`, or `stead` next to this program.
+//! Figure 7 starts the reference MCP server `STEAD_MCP_EVERYTHING` (set by
+//! `eval "$(bash .ci/mcp-servers.sh)"`) with `node`; without it, the figure is skipped.
 //! Every measurement uses a fresh data directory under `--dir` (default: the system's
 //! temporary directory). Targets are reported as met or missed; nothing here fails on a
 //! timing, only on a measurement that could not be made.
 
+mod approval;
 mod cpu;
 mod harness;
+mod mcp;
 mod resume;
 mod server;
 mod steps;
@@ -31,6 +35,8 @@ struct Sizes {
     resume_sizes: Vec<u64>,
     resume_samples: usize,
     waiting_runs: usize,
+    approval_samples: usize,
+    mcp_calls: usize,
 }
 
 impl Sizes {
@@ -42,6 +48,8 @@ impl Sizes {
             resume_sizes: vec![100, 10_000, 100_000],
             resume_samples: 100,
             waiting_runs: 10_000,
+            approval_samples: 100,
+            mcp_calls: 200,
         }
     }
 
@@ -53,6 +61,8 @@ impl Sizes {
             resume_sizes: vec![100, 1000],
             resume_samples: 20,
             waiting_runs: 500,
+            approval_samples: 20,
+            mcp_calls: 50,
         }
     }
 }
@@ -63,11 +73,12 @@ struct Args {
     only: Option<Vec<u32>>,
 }
 
-const USAGE: &str = "usage: stead-bench [--quick] [--dir DIR] [--only 1,2,3,4,5]
+const USAGE: &str = "usage: stead-bench [--quick] [--dir DIR] [--only 1,2,3,4,5,6,7]
   --quick   reduced sizes (a smoke run for CI, a few seconds)
   --dir     where the temporary data directories go (default: $STEAD_BENCH_DIR, else the system temp dir)
   --only    run only these figures (4 is measured by 1 and 2)
   env STEAD_BIN: the stead binary for figure 5 (default: `stead` next to this program)
+  env STEAD_MCP_EVERYTHING: server-everything's entry point for figure 7 (eval \"$(bash .ci/mcp-servers.sh)\")
   env STEAD_BENCH_DURABILITY=full|normal|off: diagnosis only; the targets are for `full`, the default";
 
 fn parse_args() -> Result<Args, String> {
@@ -420,6 +431,102 @@ async fn main() -> ExitCode {
         }
     }
 
+    // 6: approve → the run moves on.
+    if wanted(6) {
+        let n = sizes.approval_samples;
+        progress(&format!("figure 6: approval round trip ({n} samples)"));
+        match approval::approval(&args.dir, n).await {
+            Ok(a) => {
+                let p50 = resume::percentile(&a.to_model, 50.0);
+                let p99 = resume::percentile(&a.to_model, 99.0);
+                rows.push(Row::new(
+                    "6. approve → next model call",
+                    format!("p50 {}, p99 {}", ms(p50), ms(p99)),
+                    "p50 ≤ 2 ms",
+                    Some(p50 <= Duration::from_millis(2)),
+                ));
+                rows.push(Row::new(
+                    "   approve → tool call starts",
+                    format!(
+                        "p50 {}, p99 {}",
+                        ms(resume::percentile(&a.to_tool, 50.0)),
+                        ms(resume::percentile(&a.to_tool, 99.0))
+                    ),
+                    "",
+                    None,
+                ));
+                notes.push(format!(
+                    "6: {} samples, one session; approve → next model call includes the approval's commit, the \
+                     run's claim, the tool's intent commit, the built-in `echo` and its result commit (durability \
+                     {}); p50 from approve: decide_approval returned {}, intent commit seen {}, tool started {}, \
+                     result commit seen {}, model called {}",
+                    a.to_model.len(),
+                    harness::durability(),
+                    ms(resume::percentile(&a.to_decided, 50.0)),
+                    ms(resume::percentile(&a.to_intent, 50.0)),
+                    ms(resume::percentile(&a.to_tool, 50.0)),
+                    ms(resume::percentile(&a.to_result, 50.0)),
+                    ms(resume::percentile(&a.to_model, 50.0)),
+                ));
+            }
+            Err(e) => {
+                errors += 1;
+                rows.push(Row::failed("6. approve → next model call", &e));
+            }
+        }
+    }
+
+    // 7: an MCP tool call through Stead against the same call made directly.
+    if wanted(7) {
+        let n = sizes.mcp_calls;
+        match std::env::var(mcp::VAR).ok().filter(|v| !v.is_empty()) {
+            None => rows.push(Row::new(
+                "7. MCP tool call overhead",
+                format!("skipped ({} not set; eval \"$(bash .ci/mcp-servers.sh)\")", mcp::VAR),
+                "p50 overhead ≤ 1 ms",
+                None,
+            )),
+            Some(entry) => {
+                progress(&format!("figure 7: {n} MCP calls to server-everything's echo, directly and through Stead"));
+                match figure7(&args.dir, &entry, n).await {
+                    Ok((direct, durable, off)) => {
+                        let d50 = resume::percentile(&direct, 50.0);
+                        let s50 = resume::percentile(&durable, 50.0);
+                        let o50 = resume::percentile(&off, 50.0);
+                        let diff = |a: Duration, b: Duration| (a.as_secs_f64() - b.as_secs_f64()) * 1000.0;
+                        rows.push(Row::new(
+                            "7. MCP tool call overhead (Stead − direct)",
+                            format!("{:.2} ms (p50 {} vs {})", diff(s50, d50), ms(s50), ms(d50)),
+                            "p50 overhead ≤ 1 ms",
+                            Some(diff(s50, d50) <= 1.0),
+                        ));
+                        rows.push(Row::new(
+                            "   same, durability off",
+                            format!("{:.2} ms (p50 {} vs {})", diff(o50, d50), ms(o50), ms(d50)),
+                            "",
+                            None,
+                        ));
+                        notes.push(format!(
+                            "7: {n} calls each after {} warm-up calls to server-everything over stdio; Stead's time is tool_call_started \
+                             commit → tool_call_completed commit on the commit stream, so it includes recording the \
+                             result durably (one commit, fsync at durability {}); p99: direct {}, Stead {}, \
+                             durability off {}",
+                            mcp::WARMUP,
+                            harness::durability(),
+                            ms(resume::percentile(&direct, 99.0)),
+                            ms(resume::percentile(&durable, 99.0)),
+                            ms(resume::percentile(&off, 99.0)),
+                        ));
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        rows.push(Row::failed("7. MCP tool call overhead", &e));
+                    }
+                }
+            }
+        }
+    }
+
     println!();
     println!(
         "Stead benchmark{} — {} CPUs ({}), durability {} (embedded SQLite, fsync per commit group), scripted model",
@@ -447,6 +554,14 @@ async fn main() -> ExitCode {
     }
     println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
     if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// Figure 7's three measurements: direct, through Stead, through Stead without fsync.
+async fn figure7(dir: &Path, entry: &str, n: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Vec<Duration>)> {
+    let direct = mcp::direct(entry, n).await?;
+    let durable = mcp::through_stead(dir, entry, n, harness::durability()).await?;
+    let off = mcp::through_stead(dir, entry, n, stead_store_sqlite::Durability::Off).await?;
+    Ok((direct, durable, off))
 }
 
 fn print_table(rows: &[Row]) {
