@@ -669,3 +669,42 @@ async fn http_call_cut_after_the_request_was_read_has_an_unknown_outcome() {
     assert_eq!(the_approval(&stead, &run).await["kind"], "outcome_unknown");
     assert_eq!(got.load(Ordering::SeqCst), 1);
 }
+
+/// The whole of it in one agent: a third-party MCP server, an HTTP tool and a tool behind
+/// approval, driven through the CLI and the API, across a SIGKILL while the approval waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agent_with_mcp_http_and_an_approval_end_to_end() {
+    let Some(entry) = everything("one_agent_with_mcp_http_and_an_approval_end_to_end") else { return };
+    let server = ThingServer::start(false).await;
+    let mut stead = allowed().start().await;
+    let spec = format!(
+        "{}mcp_servers:\n  - name: gated\n{}\n    allowed_tools: [echo]\n    tool_overrides: {{echo: {{require_approval: always}}}}\n    timeout_secs: 60\n",
+        thing_agent(&server, true).replace("name: things", "name: all"),
+        stdio_transport(&entry)
+    );
+    stead.apply_agent(&spec).await;
+    let created = cli(&["session", "create", "--agent", "all", "--url", &stead.url], &[]).await;
+    created.assert_ok("session create");
+    let session = created.stdout.trim().to_owned();
+
+    // The HTTP tool, through the CLI.
+    let ran = cli(&["run", &session, r#"call make_thing {"id":"t-7","color":"red"}"#, "--url", &stead.url], &[]).await;
+    ran.assert_ok("run make_thing");
+    assert!(ran.stdout.contains("make_thing returned:"), "{}\n{}", ran.stdout, ran.stderr);
+
+    // The MCP tool behind approval, through the API; the approval outlives a SIGKILL.
+    let run = stead.create_run(&session, r#"call gated__echo {"message":"all together"}"#).await;
+    stead.wait_run(&run, "awaiting_approval").await;
+    stead.kill9();
+    stead.restart(None).await;
+    let approval = the_approval(&stead, &run).await;
+    assert_eq!(approval["tool_name"], "gated__echo");
+    let id = approval["id"].as_str().unwrap();
+    cli(&["approve", id, "--reason", "fine", "--url", &stead.url], &[]).await.assert_ok("approve");
+    let done = stead.wait_run(&run, "completed").await;
+    assert_eq!(done["output"], "gated__echo returned: Echo: all together");
+    let log = stead.check_session(&session, true).await;
+    assert_eq!(log.runs[&run].of_type("tool_call_started").len(), 1);
+    let audit = cli(&["audit", "verify", &session, "--url", &stead.url], &[]).await;
+    audit.assert_ok("audit verify");
+}
