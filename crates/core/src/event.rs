@@ -292,6 +292,67 @@ pub fn chain_hash(
     h.finalize().into()
 }
 
+/// An event body serialized once, ahead of the store's single writer: its `data` as stored
+/// (plain JSON) and as hashed (RFC 8785 canonical JSON). Canonicalization is the costly part
+/// of hashing, and it does not depend on anything the writer assigns.
+#[derive(Clone, Debug)]
+pub struct SerializedBody {
+    pub data_json: String,
+    pub data_canonical: Vec<u8>,
+}
+
+impl SerializedBody {
+    pub fn of(body: &EventBody) -> Result<Self, String> {
+        let mut value = serde_json::to_value(body).map_err(|e| format!("cannot serialize event: {e}"))?;
+        let data = value.get_mut("data").map(serde_json::Value::take).unwrap_or(serde_json::Value::Null);
+        let data_json = serde_json::to_string(&data).map_err(|e| format!("cannot serialize event data: {e}"))?;
+        let data_canonical = serde_jcs::to_vec(&data).map_err(|e| format!("cannot canonicalize event data: {e}"))?;
+        Ok(Self { data_json, data_canonical })
+    }
+}
+
+/// The same hash as [`chain_hash`], from a body already canonicalized: the event's canonical
+/// JSON is assembled around it. RFC 8785 orders keys by UTF-16 code units, which for these
+/// fixed ASCII keys is `actor, at, data, run_id, seq, session_id, tenant_id, type`.
+#[allow(clippy::too_many_arguments)]
+pub fn chain_hash_serialized(
+    prev: &[u8; 32],
+    tenant_id: &TenantId,
+    session_id: &SessionId,
+    seq: u64,
+    run_id: &Option<RunId>,
+    actor: &Actor,
+    at: &Timestamp,
+    kind: &str,
+    data_canonical: &[u8],
+) -> [u8; 32] {
+    // Strings are escaped as RFC 8785 requires; integers below 2^53 print as themselves.
+    let string = |s: &str| serde_jcs::to_string(s).expect("a string always serializes");
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(b"{\"actor\":");
+    h.update(string(&actor.0).as_bytes());
+    h.update(b",\"at\":");
+    h.update(string(&at.to_rfc3339()).as_bytes());
+    h.update(b",\"data\":");
+    h.update(data_canonical);
+    if let Some(run) = run_id {
+        h.update(b",\"run_id\":\"");
+        h.update(run.to_string().as_bytes());
+        h.update(b"\"");
+    }
+    h.update(b",\"seq\":");
+    h.update(seq.to_string().as_bytes());
+    h.update(b",\"session_id\":\"");
+    h.update(session_id.to_string().as_bytes());
+    h.update(b"\",\"tenant_id\":");
+    h.update(string(tenant_id.as_str()).as_bytes());
+    h.update(b",\"type\":");
+    h.update(string(kind).as_bytes());
+    h.update(b"}");
+    h.finalize().into()
+}
+
 impl Event {
     /// Recomputes this event's hash given the previous event's hash.
     pub fn compute_hash(&self, prev: &[u8; 32]) -> [u8; 32] {
@@ -415,6 +476,73 @@ mod tests {
         // Truncating the tail is not detectable from the events alone; the store
         // compares the session's recorded head with the last event for that.
         assert_eq!(verify(&events[..5]), Ok(5));
+    }
+
+    /// The fast path must hash exactly what the reference path hashes, for every kind of
+    /// event and awkward content (escapes, control characters, non-ASCII, numbers).
+    #[test]
+    fn serialized_hash_equals_the_reference_hash() {
+        use crate::event::{ApprovalDecision, ApprovalKind};
+        use crate::ids::ApprovalId;
+        let texts = [
+            "",
+            "plain",
+            "quote \" backslash \\ slash /",
+            "ctl \u{0} \u{1f} \u{7f} \t\n\r\u{8}\u{c}",
+            "ünïcödé 日本 🎉 \u{2028}\u{2029}",
+            "<script>&amp;</script>",
+            "e\u{301}",
+            "\u{ffff}",
+        ];
+        let call = |t: &str| ToolCall {
+            id: format!("call_{t}"),
+            name: "n".into(),
+            arguments: format!("{{\"a\":{}}}", serde_json::to_string(t).unwrap()),
+        };
+        let mut bodies = Vec::new();
+        for t in texts {
+            bodies.extend([
+                EventBody::SessionCreated { agent: t.into(), agent_version: 7, metadata: serde_json::json!({"k": t, "n": [0.1, 1e21, -0.0, 1.5e-7, 123456789012345u64, -3], "z": null, "b": true, "é": {"b": 1, "a": 2, "A": 3, "\u{10000}": 4, "\u{ffff}": 5}}) },
+                EventBody::RunCreated { input: vec![Message::User { content: t.into() }] },
+                EventBody::ModelResponded { step: 3, model: t.into(), content: Some(t.into()), tool_calls: vec![call(t)], usage: Usage { input_tokens: 10, output_tokens: u64::from(u32::MAX) }, finish_reason: "stop".into() },
+                EventBody::ToolCallStarted { call_id: t.into(), name: t.into(), idempotency_key: "k".into() },
+                EventBody::ToolCallCompleted { call_id: "c".into(), name: "n".into(), output: t.into(), is_error: true },
+                EventBody::RunRequiresAction { tool_calls: vec![call(t), call("x")] },
+                EventBody::ApprovalRequested { approval_id: ApprovalId::new(), kind: ApprovalKind::OutcomeUnknown, call_id: t.into(), name: "n".into(), arguments: t.into(), role: t.into(), expires_at: Timestamp(1_700_000_000_123), reason: t.into() },
+                EventBody::ApprovalDecided { approval_id: ApprovalId::new(), call_id: "c".into(), decision: ApprovalDecision::Skip, decided_by: t.into(), reason: Some(t.into()), arguments: None, output: Some(t.into()) },
+                EventBody::RunAwaitingApproval { approval_ids: vec![ApprovalId::new()] },
+                EventBody::RunCancelRequested { reason: t.into() },
+                EventBody::RunCompleted { output: None },
+                EventBody::RunFailed { error: ErrorInfo::new("x", t) },
+                EventBody::RunCancelled { reason: t.into() },
+            ]);
+        }
+        let tenant = TenantId::new("acme-1").unwrap();
+        let session = SessionId::new();
+        let mut prev = GENESIS_HASH;
+        for (i, body) in bodies.iter().enumerate() {
+            let run = (i % 3 != 0).then(RunId::new);
+            let actor = Actor(texts[i % texts.len()].to_owned());
+            let at = Timestamp(1_764_000_000_000 + i as i64 * 7919);
+            let seq = 1 + i as u64 * 1_000_003;
+            let reference = chain_hash(&prev, &tenant, &session, seq, &run, &actor, &at, body);
+            let ser = SerializedBody::of(body).unwrap();
+            let fast = chain_hash_serialized(
+                &prev,
+                &tenant,
+                &session,
+                seq,
+                &run,
+                &actor,
+                &at,
+                body.kind(),
+                &ser.data_canonical,
+            );
+            assert_eq!(hex::encode(fast), hex::encode(reference), "event {i}: {body:?}");
+            let stored: serde_json::Value = serde_json::from_str(&ser.data_json).unwrap();
+            assert_eq!(stored, serde_json::to_value(body).unwrap()["data"]);
+            prev = reference;
+        }
     }
 
     #[test]

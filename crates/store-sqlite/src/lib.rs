@@ -175,7 +175,8 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, req: AppendRequest) -> Result<Vec<Event>> {
-        self.write(move |conn, ctx| write::append(conn, ctx, req)).await
+        let serialized = write::serialize_bodies(req.events.iter())?;
+        self.write(move |conn, ctx| write::append(conn, ctx, req, serialized)).await
     }
 
     async fn read_events(&self, tenant: &TenantId, session: &SessionId, after: u64, limit: u32) -> Result<Vec<Event>> {

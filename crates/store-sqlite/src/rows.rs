@@ -97,17 +97,6 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<Stri
     serde_json::to_string(value).map_err(|e| Error::Backend(format!("cannot serialize {what}: {e}")))
 }
 
-/// An event body's `data` as stored: the body serializes as `{"type": .., "data": ..}`,
-/// and the type is kept in its own column.
-pub(crate) fn body_data(body: &EventBody) -> Result<String> {
-    let value = serde_json::to_value(body).map_err(|e| Error::Backend(format!("cannot serialize event: {e}")))?;
-    let data = match value {
-        serde_json::Value::Object(mut map) => map.remove("data").unwrap_or(serde_json::Value::Null),
-        _ => serde_json::Value::Null,
-    };
-    to_json(&data, "event data")
-}
-
 pub(crate) fn body_from(kind: &str, data: &str) -> Result<EventBody> {
     let kind_json = to_json(&kind, "event kind")?;
     let text = format!("{{\"type\":{kind_json},\"data\":{data}}}");

@@ -9,14 +9,14 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Statement, params};
 use sha2::{Digest, Sha256};
 use stead_core::agent::AgentSpec;
-use stead_core::event::{Event, EventBody, NewEvent, chain_hash};
+use stead_core::event::{Event, EventBody, NewEvent, SerializedBody, chain_hash_serialized};
 use stead_core::ids::{AgentVersionId, RunId, SessionId, TenantId};
 use stead_core::run::{RunState, RunStatus};
 use stead_core::time::Timestamp;
 use stead_store::{AgentVersion, AppendRequest, Claim, Committed, Error, NewSession, Result, SessionRecord};
 
 use crate::rows::{
-    AGENT_COLUMNS, Cached, SESSION_COLUMNS, SqlResult, agent_from_row, body_data, corrupt, hash_bytes, json, run_by_pk,
+    AGENT_COLUMNS, Cached, SESSION_COLUMNS, SqlResult, agent_from_row, corrupt, hash_bytes, json, run_by_pk,
     session_from_row, session_pk, to_i64, to_json, to_u64,
 };
 use crate::writer::WriteCtx;
@@ -93,8 +93,9 @@ fn insert_event(
     at: Timestamp,
     prev: &[u8; 32],
     new: NewEvent,
+    serialized: SerializedBody,
 ) -> Result<(Event, [u8; 32])> {
-    let data = body_data(&new.body)?;
+    let SerializedBody { data_json: data, data_canonical } = serialized;
     if data.len() > ctx.max_event_bytes {
         return Err(Error::LimitExceeded(format!(
             "a `{}` event's payload is {} bytes, over the limit of {} bytes (max_event_bytes)",
@@ -103,7 +104,17 @@ fn insert_event(
             ctx.max_event_bytes
         )));
     }
-    let hash = chain_hash(prev, tenant, &session, seq, &new.run_id, &new.actor, &at, &new.body);
+    let hash = chain_hash_serialized(
+        prev,
+        tenant,
+        &session,
+        seq,
+        &new.run_id,
+        &new.actor,
+        &at,
+        new.body.kind(),
+        &data_canonical,
+    );
     insert
         .execute(params![
             session_pk,
@@ -158,6 +169,7 @@ pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession)
     if first_event.run_id.is_some() {
         return Err(malformed(&first_event, "must not name a run"));
     }
+    let serialized = SerializedBody::of(&first_event.body).map_err(Error::Backend)?;
     let existing: Option<(String, i64)> = conn
         .row("SELECT tenant, head_seq FROM sessions WHERE id = ?1", [&id.as_bytes()[..]], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -187,8 +199,18 @@ pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession)
     .sql()?;
     let pk = conn.last_insert_rowid();
     let mut insert = conn.prepare_cached(INSERT_EVENT).sql()?;
-    let (event, hash) =
-        insert_event(&mut insert, ctx, pk, &tenant_id, id, 1, at, &stead_core::event::GENESIS_HASH, first_event)?;
+    let (event, hash) = insert_event(
+        &mut insert,
+        ctx,
+        pk,
+        &tenant_id,
+        id,
+        1,
+        at,
+        &stead_core::event::GENESIS_HASH,
+        first_event,
+        serialized,
+    )?;
     conn.exec("UPDATE sessions SET head_seq = 1, head_hash = ?1 WHERE pk = ?2", params![&hash[..], pk]).sql()?;
     let record = SessionRecord {
         id,
@@ -258,7 +280,18 @@ pub(crate) const UPDATE_RUN: &str = "UPDATE runs SET status = ?1, state = ?2, up
      lease_expires = CASE WHEN ?4 THEN lease_expires END \
      WHERE pk = ?5";
 
-pub(crate) fn append(conn: &Connection, ctx: &WriteCtx, req: AppendRequest) -> Written<Vec<Event>> {
+/// Serializes every event's body (the costly, writer-independent part of hashing) on the
+/// caller's thread, so the single writer only splices and hashes.
+pub(crate) fn serialize_bodies<'a>(events: impl Iterator<Item = &'a NewEvent>) -> Result<Vec<SerializedBody>> {
+    events.map(|e| SerializedBody::of(&e.body).map_err(Error::Backend)).collect()
+}
+
+pub(crate) fn append(
+    conn: &Connection,
+    ctx: &WriteCtx,
+    req: AppendRequest,
+    serialized: Vec<SerializedBody>,
+) -> Written<Vec<Event>> {
     let AppendRequest { tenant_id, session_id, expected_head, events, fence } = req;
     let (pk, head_seq, head_hash, head_at): (i64, i64, Vec<u8>, i64) = conn
         .row(
@@ -287,7 +320,7 @@ pub(crate) fn append(conn: &Connection, ctx: &WriteCtx, req: AppendRequest) -> W
     let mut slots: Vec<RunSlot> = Vec::new();
     let mut committed = Vec::with_capacity(events.len());
     let mut insert = conn.prepare_cached(INSERT_EVENT).sql()?;
-    for (i, new) in events.into_iter().enumerate() {
+    for (i, (new, ser)) in events.into_iter().zip(serialized).enumerate() {
         let seq = head + 1 + i as u64;
         match (&new.body, new.run_id) {
             (EventBody::SessionCreated { .. }, _) => {
@@ -318,7 +351,7 @@ pub(crate) fn append(conn: &Connection, ctx: &WriteCtx, req: AppendRequest) -> W
                 project_approval(conn, &tenant_id, pk, run, at, body)?;
             }
         }
-        let (event, hash) = insert_event(&mut insert, ctx, pk, &tenant_id, session_id, seq, at, &prev, new)?;
+        let (event, hash) = insert_event(&mut insert, ctx, pk, &tenant_id, session_id, seq, at, &prev, new, ser)?;
         prev = hash;
         committed.push(event);
     }
