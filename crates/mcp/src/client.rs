@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use stead_core::error::error_chain;
 
 use rmcp::ServiceError;
 use rmcp::model::{
@@ -472,21 +473,6 @@ fn not_retried(operation: &str) -> &'static str {
 
 fn init_error(server: &str, detail: &str) -> Error {
     Error::Connect(format!("MCP server `{server}`: handshake failed: {detail}"))
-}
-
-/// `error` and its sources, joined: SDK errors often put the useful part in a source.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Delay before the next connection attempt, given how many were opened since a request last

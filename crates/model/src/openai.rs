@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Once};
 use std::time::Duration;
+use stead_core::error::error_chain;
 
 use async_trait::async_trait;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
@@ -270,22 +271,6 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u
 fn transport_error(e: &reqwest::Error) -> Error {
     let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Transport };
     Error::new(kind, format!("cannot reach the model server: {}", error_chain(e)))
-}
-
-/// reqwest's own message is generic ("error sending request"); the cause is in the chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        // Wrappers often repeat their cause's text; say each thing once.
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Maps a non-success HTTP status to an error kind, quoting the server's own message.

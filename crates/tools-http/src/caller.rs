@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, Once};
 use std::time::Duration;
+use stead_core::error::error_chain;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
 use reqwest::{Method, StatusCode, Url};
@@ -210,22 +211,6 @@ fn is_followed_redirect(status: StatusCode) -> bool {
 
 fn timeout_message(limit: Duration) -> String {
     format!("the request timed out after {limit:?} (the HTTP tool timeout limit)")
-}
-
-/// reqwest's own message is generic ("error sending request"); the cause is in the chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        // Wrappers often repeat their cause's text; say each thing once.
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// The final response as the model sees it: 2xx is a result, anything else a tool error that
