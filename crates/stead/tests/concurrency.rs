@@ -36,23 +36,8 @@ async fn fire(stead: &Stead, session: &str) -> Vec<Resp> {
 }
 
 async fn fire_with(stead: &Stead, session: &str, input: impl Fn(usize) -> String) -> Vec<Resp> {
-    let barrier = Arc::new(tokio::sync::Barrier::new(N));
-    let tasks: Vec<_> = (0..N)
-        .map(|i| {
-            let req =
-                stead.req(Method::POST, &format!("/v1/sessions/{session}/runs")).json(&json!({"input": input(i)}));
-            let barrier = barrier.clone();
-            tokio::spawn(async move {
-                barrier.wait().await;
-                Resp::read(req.send().await.expect("HTTP request")).await
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.expect("request task"));
-    }
-    out
+    let path = format!("/v1/sessions/{session}/runs");
+    burst(N, |i| stead.req(Method::POST, &path).json(&json!({"input": input(i)}))).await
 }
 
 /// The request index whose input a run carries (from its `run_created` event).
