@@ -94,6 +94,7 @@ impl From<stead_engine::Error> for ApiError {
             E::Store(e) => e.into(),
             E::Domain(e) => e.into(),
             E::SessionBusy { .. } => Self::new(StatusCode::CONFLICT, "session_busy", msg),
+            E::HeadMoved { .. } => Self::new(StatusCode::CONFLICT, "session_moved", msg),
             E::RunFinished { .. } => Self::new(StatusCode::CONFLICT, "run_finished", msg),
             E::RunNotWaiting { .. } => Self::new(StatusCode::CONFLICT, "run_not_waiting", msg),
             E::InvalidToolOutputs(_) => Self::bad_request("invalid_tool_outputs", msg),

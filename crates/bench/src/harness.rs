@@ -151,7 +151,7 @@ impl Harness {
 /// names and arguments, tool outputs. Everything else an event holds is overhead.
 pub fn payload_bytes(body: &EventBody) -> usize {
     match body {
-        EventBody::RunCreated { input } => input
+        EventBody::RunCreated { input, .. } => input
             .iter()
             .map(|m| match m {
                 Message::User { content } | Message::System { content } => content.len(),

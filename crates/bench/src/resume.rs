@@ -192,7 +192,7 @@ fn full_run(session: &SessionId, n: usize) -> Vec<NewEvent> {
         event(
             run,
             &Actor::principal("bench"),
-            EventBody::RunCreated { input: vec![Message::User { content: user(n) }] },
+            EventBody::run_created(vec![Message::User { content: user(n) }]),
         ),
         event(
             run,
@@ -241,7 +241,7 @@ fn answered_run(n: usize) -> Vec<NewEvent> {
         event(
             run,
             &Actor::principal("bench"),
-            EventBody::RunCreated { input: vec![Message::User { content: user(n) }] },
+            EventBody::run_created(vec![Message::User { content: user(n) }]),
         ),
         event(
             run,
@@ -264,7 +264,7 @@ fn cancelled_run(n: usize) -> Vec<NewEvent> {
     let run = RunId::new();
     let user_actor = Actor::principal("bench");
     vec![
-        event(run, &user_actor, EventBody::RunCreated { input: vec![Message::User { content: user(n) }] }),
+        event(run, &user_actor, EventBody::run_created(vec![Message::User { content: user(n) }])),
         event(run, &user_actor, EventBody::RunCancelled { reason: "superseded by a newer request".into() }),
     ]
 }

@@ -31,6 +31,28 @@ pub struct AgentSpec {
     pub concurrency: ConcurrencyPolicy,
     #[serde(default)]
     pub context: ContextSpec,
+    /// What a run does when it must wait for the client's tool outputs or for an approval.
+    #[serde(default, skip_serializing_if = "PauseMode::is_hold")]
+    pub pause: PauseMode,
+}
+
+/// What a run does when it must wait for someone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseMode {
+    /// The run waits (`requires_action`, `awaiting_approval`) and resumes with the answer.
+    #[default]
+    Hold,
+    /// The run completes; the calls stay open in the conversation, and the session's next run
+    /// answers them (tool outputs in its input, approvals carried over). This is how the
+    /// Responses API works: a response ends with `function_call` or `mcp_approval_request` items.
+    Complete,
+}
+
+impl PauseMode {
+    pub fn is_hold(&self) -> bool {
+        *self == PauseMode::Hold
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +60,8 @@ pub struct AgentSpec {
 pub enum Provider {
     /// Any OpenAI-compatible chat-completions server (OpenAI, Ollama, vLLM, llama.cpp).
     Openai,
+    /// Anthropic's Messages API (`/v1/messages`).
+    Anthropic,
     /// In-process and deterministic: a pure function of the context it receives.
     Scripted,
 }

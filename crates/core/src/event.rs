@@ -55,6 +55,27 @@ pub enum EventBody {
     /// A run was queued with the user's input.
     RunCreated {
         input: Vec<Message>,
+        /// The agent version this run uses instead of the session's (per-run settings, as the
+        /// Responses API gives them with each request).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<AgentRef>,
+        /// Calls an earlier run of this session ended on, still waiting for a decision, that
+        /// this run takes over (with their open approvals).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        carried: Vec<CarriedCall>,
+        /// What the caller wants kept with the run (e.g. the Responses API request's settings).
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        metadata: serde_json::Value,
+    },
+    /// Messages added to the session's conversation outside any run (conversation items).
+    ItemsAdded {
+        items: Vec<Message>,
+    },
+    /// Removes one message, added by the event at `seq`, from the conversation the model sees
+    /// from now on. The log keeps it (append-only); delete the session to erase it.
+    ItemRemoved {
+        seq: u64,
+        index: u32,
     },
     /// The model answered. Recorded before anything it asked for is done.
     ModelResponded {
@@ -138,6 +159,8 @@ impl EventBody {
         match self {
             EventBody::SessionCreated { .. } => "session_created",
             EventBody::RunCreated { .. } => "run_created",
+            EventBody::ItemsAdded { .. } => "items_added",
+            EventBody::ItemRemoved { .. } => "item_removed",
             EventBody::ModelResponded { .. } => "model_responded",
             EventBody::ToolCallStarted { .. } => "tool_call_started",
             EventBody::ToolCallCompleted { .. } => "tool_call_completed",
@@ -152,18 +175,32 @@ impl EventBody {
         }
     }
 
-    /// Whether this event contributes a message to the model's context.
+    /// Whether this event changes the model's context (adds a message, or removes one).
     pub fn is_message(&self) -> bool {
         matches!(
             self,
-            EventBody::RunCreated { .. } | EventBody::ModelResponded { .. } | EventBody::ToolCallCompleted { .. }
+            EventBody::RunCreated { .. }
+                | EventBody::ItemsAdded { .. }
+                | EventBody::ItemRemoved { .. }
+                | EventBody::ModelResponded { .. }
+                | EventBody::ToolCallCompleted { .. }
         )
+    }
+
+    /// A run's first event with nothing but its input.
+    pub fn run_created(input: Vec<Message>) -> Self {
+        EventBody::RunCreated { input, agent: None, carried: Vec::new(), metadata: serde_json::Value::Null }
+    }
+
+    /// Events that belong to no run: the session's first, and conversation edits.
+    pub fn is_session_level(&self) -> bool {
+        matches!(self, EventBody::SessionCreated { .. } | EventBody::ItemsAdded { .. } | EventBody::ItemRemoved { .. })
     }
 
     /// The messages this event adds to the conversation.
     pub fn messages(&self) -> Vec<Message> {
         match self {
-            EventBody::RunCreated { input } => input.clone(),
+            EventBody::RunCreated { input, .. } | EventBody::ItemsAdded { items: input } => input.clone(),
             EventBody::ModelResponded { content, tool_calls, .. } => {
                 vec![Message::Assistant { content: content.clone(), tool_calls: tool_calls.clone() }]
             }
@@ -176,6 +213,23 @@ impl EventBody {
             _ => Vec::new(),
         }
     }
+}
+
+/// An agent version, by name and number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AgentRef {
+    pub name: String,
+    pub version: u32,
+}
+
+/// A call handed from one run to the next (see `RunCreated::carried`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedCall {
+    /// The run that ended waiting on it.
+    pub from_run: RunId,
+    pub call: ToolCall,
+    /// Its open approval, which moves to the new run.
+    pub approval_id: ApprovalId,
 }
 
 /// What an approval is about.
@@ -421,7 +475,7 @@ mod tests {
         let mut prev = GENESIS_HASH;
         (1..=n)
             .map(|seq| {
-                let body = EventBody::RunCreated { input: vec![Message::User { content: format!("hello {seq}") }] };
+                let body = EventBody::run_created(vec![Message::User { content: format!("hello {seq}") }]);
                 let mut e = Event {
                     tenant_id: tenant.clone(),
                     session_id: session,
@@ -457,7 +511,7 @@ mod tests {
         let events = chain(10);
         // Edit a payload.
         let mut edited = events.clone();
-        edited[4].body = EventBody::RunCreated { input: vec![Message::User { content: "forged".into() }] };
+        edited[4].body = EventBody::run_created(vec![Message::User { content: "forged".into() }]);
         assert_eq!(verify(&edited).unwrap_err().seq, 5);
         // Edit the actor only.
         let mut actor = events.clone();
@@ -503,7 +557,7 @@ mod tests {
         for t in texts {
             bodies.extend([
                 EventBody::SessionCreated { agent: t.into(), agent_version: 7, metadata: serde_json::json!({"k": t, "n": [0.1, 1e21, -0.0, 1.5e-7, 123456789012345u64, -3], "z": null, "b": true, "é": {"b": 1, "a": 2, "A": 3, "\u{10000}": 4, "\u{ffff}": 5}}) },
-                EventBody::RunCreated { input: vec![Message::User { content: t.into() }] },
+                EventBody::run_created(vec![Message::User { content: t.into() }]),
                 EventBody::ModelResponded { step: 3, model: t.into(), content: Some(t.into()), tool_calls: vec![call(t)], usage: Usage { input_tokens: 10, output_tokens: u64::from(u32::MAX) }, finish_reason: "stop".into() },
                 EventBody::ToolCallStarted { call_id: t.into(), name: t.into(), idempotency_key: "k".into() },
                 EventBody::ToolCallCompleted { call_id: "c".into(), name: "n".into(), output: t.into(), is_error: true },

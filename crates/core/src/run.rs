@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentSpec;
-use crate::event::{ApprovalDecision, ApprovalKind, ErrorInfo, EventBody};
+use crate::agent::PauseMode;
+use crate::event::{AgentRef, ApprovalDecision, ApprovalKind, ErrorInfo, EventBody};
 use crate::ids::ApprovalId;
 use crate::message::{Message, ToolCall, Usage};
 use crate::time::Timestamp;
@@ -129,6 +130,9 @@ pub struct RunState {
     pub error: Option<ErrorInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
+    /// The agent version the run uses when it is not the session's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentRef>,
 }
 
 impl RunState {
@@ -147,7 +151,40 @@ impl RunState {
             output: None,
             error: None,
             finished_at: None,
+            agent: None,
         }
+    }
+
+    /// The state right after a `run_created` event: its agent, and the calls it carries over
+    /// from an earlier run (handled before the model is called again).
+    pub fn created_from(seq: u64, at: Timestamp, body: &EventBody) -> Self {
+        let mut state = Self::created(seq, at);
+        if let EventBody::RunCreated { agent, carried, .. } = body {
+            state.agent = agent.clone();
+            state.pending = carried
+                .iter()
+                .map(|c| PendingCall {
+                    call: c.call.clone(),
+                    idempotency_key: None,
+                    awaiting_client: false,
+                    approval: Some(CallApproval {
+                        id: c.approval_id,
+                        kind: ApprovalKind::ToolCall,
+                        decision: None,
+                        decided_by: None,
+                        reason: None,
+                        arguments: None,
+                        output: None,
+                    }),
+                    approved_arguments: None,
+                })
+                .collect();
+            if !state.pending.is_empty() {
+                // Nothing to do until the carried approvals are decided.
+                state.status = RunStatus::AwaitingApproval;
+            }
+        }
+        state
     }
 
     fn pending_mut(&mut self, call_id: &str) -> Result<&mut PendingCall, String> {
@@ -160,11 +197,17 @@ impl RunState {
     /// Applies one event of this run. An event that does not fit the run's state is
     /// refused (the store rejects the whole append), so the projection never diverges.
     pub fn apply(&mut self, at: Timestamp, body: &EventBody) -> Result<(), String> {
-        if self.status.is_terminal() {
+        // An approval left open by a run that ended (cancelled, or paused into the
+        // conversation and never continued) still expires, for the record; nothing else moves.
+        let closing = matches!(body, EventBody::ApprovalDecided { decision: ApprovalDecision::Expire, .. });
+        if self.status.is_terminal() && !closing {
             return Err(format!("run is already {}", self.status.as_str()));
         }
         match body {
-            EventBody::SessionCreated { .. } | EventBody::RunCreated { .. } => {
+            EventBody::SessionCreated { .. }
+            | EventBody::RunCreated { .. }
+            | EventBody::ItemsAdded { .. }
+            | EventBody::ItemRemoved { .. } => {
                 return Err(format!("`{}` cannot be applied to an existing run", body.kind()));
             }
             EventBody::ModelResponded { content, tool_calls, usage, .. } => {
@@ -245,6 +288,9 @@ impl RunState {
                 a.output = output.clone();
                 if *decision == ApprovalDecision::Approve && arguments.is_some() {
                     p.approved_arguments = arguments.clone();
+                }
+                if closing && self.status.is_terminal() {
+                    return Ok(());
                 }
                 if self.status == RunStatus::AwaitingApproval
                     && !self.pending.iter().any(PendingCall::undecided_approval)
@@ -516,8 +562,20 @@ pub fn decide(
         if !calls.is_empty() {
             return Decision::RunTools { calls, to_start };
         }
+        let pause_ends_run = agent.pause == PauseMode::Complete;
         if !waiting.is_empty() {
+            // Only a question about a call to make ends a run; an unknown outcome is settled
+            // where it happened.
+            let unknown = run.pending.iter().any(|p| {
+                p.approval.as_ref().is_some_and(|a| a.decision.is_none() && a.kind == ApprovalKind::OutcomeUnknown)
+            });
+            if pause_ends_run && !unknown {
+                return Decision::Finish { output: run.last_content.clone() };
+            }
             return Decision::AwaitApproval { approval_ids: waiting };
+        }
+        if pause_ends_run {
+            return Decision::Finish { output: run.last_content.clone() };
         }
         return Decision::AwaitClient { calls: client };
     }

@@ -12,6 +12,9 @@ pub enum Error {
     /// The agent's concurrency policy is `reject` and a run is active.
     #[error("session {session} already has an active run ({run}); its agent's concurrency policy is `reject`")]
     SessionBusy { session: SessionId, run: RunId },
+    /// A run meant to follow exactly after `expected` found the session moved on.
+    #[error("session {session} moved on (head {actual}, expected {expected})")]
+    HeadMoved { session: SessionId, expected: u64, actual: u64 },
     /// Cancel of a run that already finished.
     #[error("run {run} is already {}", status.as_str())]
     RunFinished { run: RunId, status: RunStatus },

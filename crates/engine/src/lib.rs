@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 use stead_core::agent::{AgentSpec, ConcurrencyPolicy, SpecFormat, ToolKind};
-use stead_core::event::{Actor, ApprovalDecision, BrokenLink, ChainVerifier, EventBody, NewEvent};
+use stead_core::event::{
+    Actor, AgentRef, ApprovalDecision, BrokenLink, CarriedCall, ChainVerifier, Event, EventBody, NewEvent,
+};
 use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::message::Message;
 use stead_core::run::RunStatus;
@@ -65,6 +67,30 @@ pub struct Delta {
     pub run_id: RunId,
     pub step: u32,
     pub text: String,
+}
+
+/// What a new run starts with (see [`Engine::create_run_with`]).
+#[derive(Clone, Debug, Default)]
+pub struct RunInput {
+    pub input: Vec<Message>,
+    pub agent: Option<AgentRef>,
+    pub carried: Vec<CarriedCall>,
+    /// Decisions on carried approvals, recorded with the run's creation.
+    pub decisions: Vec<(ApprovalId, DecisionInput)>,
+    pub metadata: serde_json::Value,
+    pub expected_head: Option<u64>,
+}
+
+/// The bytes of text a message carries, for the input limit.
+fn message_bytes(m: &Message) -> usize {
+    match m {
+        Message::System { content } | Message::User { content } => content.len(),
+        Message::Assistant { content, tool_calls } => {
+            content.as_deref().map_or(0, str::len)
+                + tool_calls.iter().map(|c| c.id.len() + c.name.len() + c.arguments.len()).sum::<usize>()
+        }
+        Message::Tool { call_id, name, content, .. } => call_id.len() + name.len() + content.len(),
+    }
 }
 
 /// A tool result submitted by the client for a `requires_action` run.
@@ -302,7 +328,7 @@ impl Engine {
 
     // ---- runs ----
 
-    /// Queues a run with `input` on the session, under the agent's concurrency policy.
+    /// Queues a run with the user's `input` on the session, under the agent's concurrency policy.
     pub async fn create_run(
         &self,
         tenant: &TenantId,
@@ -313,24 +339,49 @@ impl Engine {
         if input.is_empty() {
             return Err(Error::InvalidInput("input must contain at least one message".into()));
         }
-        let mut bytes = 0usize;
-        for m in &input {
-            match m {
-                Message::User { content } => bytes += content.len(),
-                _ => return Err(Error::InvalidInput("input messages must have role `user`".into())),
-            }
+        if input.iter().any(|m| !matches!(m, Message::User { .. })) {
+            return Err(Error::InvalidInput("input messages must have role `user`".into()));
         }
+        self.create_run_with(tenant, principal, session_id, RunInput { input, ..RunInput::default() }).await
+    }
+
+    /// Queues a run with everything a run can start with: any kind of message (the client's
+    /// tool outputs, system notes, earlier assistant turns it supplies), another agent version
+    /// than the session's, calls carried over from the run before with decisions on them, and
+    /// metadata. With `expected_head`, the run is created only if nothing else was appended
+    /// since (`Error::HeadMoved` otherwise): how a caller continues "exactly after" a run.
+    pub async fn create_run_with(
+        &self,
+        tenant: &TenantId,
+        principal: &str,
+        session_id: &SessionId,
+        run: RunInput,
+    ) -> Result<RunRecord> {
+        if run.input.is_empty() && run.carried.is_empty() {
+            return Err(Error::InvalidInput("input must contain at least one message".into()));
+        }
+        let bytes: usize = run.input.iter().map(message_bytes).sum();
         if bytes > self.inner.options.max_input_bytes {
             return Err(Error::LimitExceeded(format!(
                 "input is {bytes} bytes; the limit is {} (max_input_bytes)",
                 self.inner.options.max_input_bytes
             )));
         }
+        for (approval_id, _) in &run.decisions {
+            if !run.carried.iter().any(|c| &c.approval_id == approval_id) {
+                return Err(Error::InvalidInput(format!("approval {approval_id} is not carried by this run")));
+            }
+        }
         let store = &self.inner.store;
         let actor = Actor::principal(principal);
         let run_id = RunId::new();
         for attempt in 0..MAX_CAS_ATTEMPTS {
             let session = store.get_session(tenant, session_id).await?;
+            if let Some(expected) = run.expected_head
+                && expected != session.head_seq
+            {
+                return Err(Error::HeadMoved { session: *session_id, expected, actual: session.head_seq });
+            }
             let agent = self.agent_spec(tenant, &session.agent, session.agent_version).await?;
             let active = store.active_runs(tenant, session_id).await?;
             let mut events = Vec::new();
@@ -357,8 +408,29 @@ impl Engine {
             events.push(NewEvent {
                 run_id: Some(run_id),
                 actor: actor.clone(),
-                body: EventBody::RunCreated { input: input.clone() },
+                body: EventBody::RunCreated {
+                    input: run.input.clone(),
+                    agent: run.agent.clone(),
+                    carried: run.carried.clone(),
+                    metadata: run.metadata.clone(),
+                },
             });
+            for (approval_id, d) in &run.decisions {
+                let call = run.carried.iter().find(|c| &c.approval_id == approval_id).expect("checked above");
+                events.push(NewEvent {
+                    run_id: Some(run_id),
+                    actor: actor.clone(),
+                    body: EventBody::ApprovalDecided {
+                        approval_id: *approval_id,
+                        call_id: call.call.id.clone(),
+                        decision: d.decision,
+                        decided_by: actor.0.clone(),
+                        reason: d.reason.clone(),
+                        arguments: d.arguments.as_ref().map(|a| a.to_string()),
+                        output: d.output.clone(),
+                    },
+                });
+            }
             let req = AppendRequest {
                 tenant_id: tenant.clone(),
                 session_id: *session_id,
@@ -366,10 +438,82 @@ impl Engine {
                 events,
                 fence: None,
             };
-            if self.append_unfenced(req).await? {
-                return Ok(store.get_run(tenant, &run_id).await?);
+            match store.append(req).await {
+                Ok(_) => return Ok(store.get_run(tenant, &run_id).await?),
+                Err(stead_store::Error::Conflict { actual, .. }) => {
+                    if let Some(expected) = run.expected_head {
+                        return Err(Error::HeadMoved { session: *session_id, expected, actual });
+                    }
+                }
+                // A carried approval that can't move (decided, expired, taken) is the caller's
+                // mistake, not a race to retry.
+                Err(stead_store::Error::InvalidTransition { reason, .. }) if !run.carried.is_empty() => {
+                    return Err(Error::InvalidInput(reason));
+                }
+                Err(stead_store::Error::InvalidTransition { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
             backoff(attempt).await;
+        }
+        Err(Error::Contention(session_id.to_string()))
+    }
+
+    /// Adds messages to a session's conversation outside any run (e.g. conversation items);
+    /// returns the committed event.
+    pub async fn add_items(
+        &self,
+        tenant: &TenantId,
+        principal: &str,
+        session_id: &SessionId,
+        items: Vec<Message>,
+    ) -> Result<Event> {
+        if items.is_empty() {
+            return Err(Error::InvalidInput("add at least one item".into()));
+        }
+        let bytes: usize = items.iter().map(message_bytes).sum();
+        if bytes > self.inner.options.max_input_bytes {
+            return Err(Error::LimitExceeded(format!(
+                "items are {bytes} bytes; the limit is {} (max_input_bytes)",
+                self.inner.options.max_input_bytes
+            )));
+        }
+        self.append_session_event(tenant, principal, session_id, EventBody::ItemsAdded { items }).await
+    }
+
+    /// Takes message `index` of the event at `seq` out of the conversation the model sees.
+    pub async fn remove_item(
+        &self,
+        tenant: &TenantId,
+        principal: &str,
+        session_id: &SessionId,
+        seq: u64,
+        index: u32,
+    ) -> Result<Event> {
+        self.append_session_event(tenant, principal, session_id, EventBody::ItemRemoved { seq, index }).await
+    }
+
+    async fn append_session_event(
+        &self,
+        tenant: &TenantId,
+        principal: &str,
+        session_id: &SessionId,
+        body: EventBody,
+    ) -> Result<Event> {
+        let store = &self.inner.store;
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let session = store.get_session(tenant, session_id).await?;
+            let req = AppendRequest {
+                tenant_id: tenant.clone(),
+                session_id: *session_id,
+                expected_head: session.head_seq,
+                events: vec![NewEvent { run_id: None, actor: Actor::principal(principal), body: body.clone() }],
+                fence: None,
+            };
+            match store.append(req).await {
+                Ok(mut events) => return Ok(events.remove(0)),
+                Err(stead_store::Error::Conflict { .. }) => backoff(attempt).await,
+                Err(e) => return Err(e.into()),
+            }
         }
         Err(Error::Contention(session_id.to_string()))
     }

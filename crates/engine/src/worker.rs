@@ -171,6 +171,9 @@ struct RunDriver {
     /// The recent conversation as the model may see it (bounded). Shared with each model
     /// request's context, so building one does not deep-clone the conversation.
     history: Vec<Arc<Message>>,
+    /// Where each message of `history` was added: (event seq, index in the event), so a
+    /// conversation edit (`item_removed`) can take it out.
+    history_keys: Vec<(u64, u32)>,
     actor: Actor,
     cancel: CancellationToken,
     lost: Arc<AtomicBool>,
@@ -185,8 +188,13 @@ impl RunDriver {
     ) -> Result<Self, Stop> {
         let tenant = claim.session.tenant_id.clone();
         let session_id = claim.session.id;
+        // A run may use another agent version than its session's (per-run settings).
+        let (agent_name, agent_version) = match &claim.run.state.agent {
+            Some(a) => (a.name.clone(), a.version),
+            None => (claim.session.agent.clone(), claim.session.agent_version),
+        };
         let agent = engine
-            .agent_spec(&tenant, &claim.session.agent, claim.session.agent_version)
+            .agent_spec(&tenant, &agent_name, agent_version)
             .await
             .map_err(|e| Stop::Store(stead_store::Error::Backend(e.to_string())))?;
         let (store, _, _, options) = engine.inner_parts();
@@ -194,7 +202,7 @@ impl RunDriver {
             .read_message_window(&tenant, &session_id, claim.session.head_seq, agent.context.max_messages)
             .await
             .map_err(Stop::Store)?;
-        let tools = engine.agent_tools(&tenant, &claim.session.agent, claim.session.agent_version, &agent).await;
+        let tools = engine.agent_tools(&tenant, &agent_name, agent_version, &agent).await;
         let actor = Actor::worker(&options.worker_id);
         let mut driver = RunDriver {
             tenant,
@@ -205,6 +213,7 @@ impl RunDriver {
             state: claim.run.state,
             head: claim.session.head_seq,
             history: Vec::new(),
+            history_keys: Vec::new(),
             actor,
             cancel,
             lost,
@@ -537,10 +546,22 @@ impl RunDriver {
         {
             return;
         }
-        self.history.extend(e.body.messages().into_iter().map(Arc::new));
+        if let EventBody::ItemRemoved { seq, index } = e.body {
+            if let Some(at) = self.history_keys.iter().position(|k| *k == (seq, index)) {
+                self.history.remove(at);
+                self.history_keys.remove(at);
+            }
+            return;
+        }
+        for (i, m) in e.body.messages().into_iter().enumerate() {
+            self.history.push(Arc::new(m));
+            self.history_keys.push((e.seq, i as u32));
+        }
         let cap = 2 * self.agent.context.max_messages as usize;
         if self.history.len() > cap {
-            self.history.drain(..self.history.len() - cap / 2);
+            let cut = self.history.len() - cap / 2;
+            self.history.drain(..cut);
+            self.history_keys.drain(..cut);
         }
     }
 }
@@ -559,7 +580,8 @@ fn conversation_order(mut window: Vec<Event>, me: RunId, my_created_seq: u64) ->
     let run_order = |e: &Event| match e.run_id {
         Some(r) if r == me => my_created_seq,
         Some(r) => created.get(&r).copied().unwrap_or(0),
-        None => 0,
+        // Conversation edits (items added or removed) take effect where they were made.
+        None => e.seq,
     };
     window.sort_by_key(|e| (run_order(e), e.seq));
     window
@@ -604,7 +626,7 @@ mod tests {
             body,
             hash: String::new(),
         };
-        let input = |t: &str| EventBody::RunCreated { input: vec![Message::User { content: t.into() }] };
+        let input = |t: &str| EventBody::run_created(vec![Message::User { content: t.into() }]);
         let call = ToolCall { id: "c".into(), name: "t".into(), arguments: "{}".into() };
         let log = vec![
             ev(2, a, input("A")),

@@ -326,7 +326,11 @@ pub(crate) fn append(
             (EventBody::SessionCreated { .. }, _) => {
                 return Err(malformed(&new, "can only be a session's first event"));
             }
+            (body, None) if body.is_session_level() => {}
             (_, None) => return Err(malformed(&new, "must name its run")),
+            (body, Some(_)) if body.is_session_level() => {
+                return Err(malformed(&new, "belongs to the session, not to a run"));
+            }
             (EventBody::RunCreated { .. }, Some(run)) => {
                 let taken = slots.iter().any(|s| s.id == run)
                     || conn
@@ -337,7 +341,12 @@ pub(crate) fn append(
                 if taken {
                     return Err(Error::InvalidTransition { run, reason: "a run with this id already exists".into() });
                 }
-                slots.push(RunSlot { id: run, pk: None, before: None, state: RunState::created(seq, at) });
+                if let EventBody::RunCreated { carried, .. } = &new.body {
+                    for c in carried {
+                        take_over_approval(conn, &tenant_id, pk, run, c)?;
+                    }
+                }
+                slots.push(RunSlot { id: run, pk: None, before: None, state: RunState::created_from(seq, at, &new.body) });
             }
             (body, Some(run)) => {
                 let idx = match slots.iter().position(|s| s.id == run) {
@@ -392,6 +401,43 @@ pub(crate) fn append(
     .sql()?;
     let note = Committed { tenant_id, session_id, events: Arc::from(committed.clone()), runs: changed };
     Ok((committed, vec![note]))
+}
+
+/// Moves an open approval of a completed run to the run that carries its call on. Only one
+/// run can: the row must still belong to the run it came from, undecided.
+fn take_over_approval(
+    conn: &Connection,
+    tenant: &TenantId,
+    session_pk: i64,
+    run: RunId,
+    carried: &stead_core::event::CarriedCall,
+) -> Result<()> {
+    let moved = conn
+        .exec(
+            "UPDATE approvals SET run_id = ?1 \
+             WHERE id = ?2 AND tenant = ?3 AND session_pk = ?4 AND run_id = ?5 AND call_id = ?6 \
+               AND decision IS NULL AND kind = 'tool_call' \
+               AND EXISTS (SELECT 1 FROM runs r WHERE r.id = ?5 AND r.status = 'completed')",
+            params![
+                &run.as_bytes()[..],
+                &carried.approval_id.as_bytes()[..],
+                tenant.as_str(),
+                session_pk,
+                &carried.from_run.as_bytes()[..],
+                carried.call.id
+            ],
+        )
+        .sql()?;
+    if moved != 1 {
+        return Err(Error::InvalidTransition {
+            run,
+            reason: format!(
+                "approval {} is not an open question of completed run {} in this session (decided, expired, or already taken over)",
+                carried.approval_id, carried.from_run
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Folds an approval event into the approvals table. Runs after `RunState::apply` accepted

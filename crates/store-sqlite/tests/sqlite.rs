@@ -49,7 +49,7 @@ fn run_created(run: RunId, text: &str) -> NewEvent {
     NewEvent {
         run_id: Some(run),
         actor: Actor::principal("alice"),
-        body: EventBody::RunCreated { input: vec![Message::User { content: text.into() }] },
+        body: EventBody::run_created(vec![Message::User { content: text.into() }]),
     }
 }
 

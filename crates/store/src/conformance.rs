@@ -195,7 +195,7 @@ fn run_created(run: RunId, text: &str) -> NewEvent {
     NewEvent {
         run_id: Some(run),
         actor: Actor::principal("alice"),
-        body: EventBody::RunCreated { input: vec![Message::User { content: text.into() }] },
+        body: EventBody::run_created(vec![Message::User { content: text.into() }]),
     }
 }
 
@@ -515,7 +515,7 @@ fn spec(name: &str, instructions: &str) -> AgentSpec {
 
 fn label(e: &Event) -> Option<&str> {
     match &e.body {
-        EventBody::RunCreated { input } => match input.first() {
+        EventBody::RunCreated { input, .. } => match input.first() {
             Some(Message::User { content }) => Some(content),
             _ => None,
         },
