@@ -1,6 +1,8 @@
 //! Model providers: one `ModelProvider` trait over OpenAI-compatible servers and the in-process
 //! scripted model, plus retrying with backoff and a registry that builds providers from specs.
 
+pub mod anthropic;
+mod anthropic_wire;
 mod error;
 pub mod openai;
 mod openai_wire;
@@ -14,9 +16,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 
+pub use anthropic::AnthropicProvider;
 pub use error::{Error, ErrorKind};
 pub use openai::{OpenAiProvider, http_client};
-pub use providers::{DEFAULT_OPENAI_BASE_URL, ProviderDefaults, Providers};
+pub use providers::{DEFAULT_ANTHROPIC_BASE_URL, DEFAULT_OPENAI_BASE_URL, ProviderDefaults, Providers};
 pub use retry::{RetryPolicy, complete_with_retry};
 pub use scripted::ScriptedModel;
 

@@ -7,17 +7,22 @@ use std::time::Duration;
 
 use stead_core::agent::{ModelSpec, Provider};
 
+use crate::anthropic::AnthropicProvider;
 use crate::openai::{OpenAiProvider, http_client};
 use crate::scripted::ScriptedModel;
 use crate::{Error, ErrorKind, ModelProvider};
 
 pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// The API root; requests go to `{root}/v1/messages`.
+pub const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 
 /// Server-wide fallbacks for specs that do not name a base URL or key variable.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct ProviderDefaults {
     pub openai_base_url: Option<String>,
     pub openai_api_key: Option<String>,
+    pub anthropic_base_url: Option<String>,
+    pub anthropic_api_key: Option<String>,
 }
 
 impl std::fmt::Debug for ProviderDefaults {
@@ -25,15 +30,23 @@ impl std::fmt::Debug for ProviderDefaults {
         f.debug_struct("ProviderDefaults")
             .field("openai_base_url", &self.openai_base_url)
             .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "[redacted]"))
+            .field("anthropic_base_url", &self.anthropic_base_url)
+            .field("anthropic_api_key", &self.anthropic_api_key.as_ref().map(|_| "[redacted]"))
             .finish()
     }
 }
 
 impl ProviderDefaults {
-    /// From `OPENAI_BASE_URL` and `OPENAI_API_KEY`; empty values count as unset.
+    /// From `OPENAI_BASE_URL`, `OPENAI_API_KEY`, `ANTHROPIC_BASE_URL` and `ANTHROPIC_API_KEY`;
+    /// empty values count as unset.
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        Self { openai_base_url: var("OPENAI_BASE_URL"), openai_api_key: var("OPENAI_API_KEY") }
+        Self {
+            openai_base_url: var("OPENAI_BASE_URL"),
+            openai_api_key: var("OPENAI_API_KEY"),
+            anthropic_base_url: var("ANTHROPIC_BASE_URL"),
+            anthropic_api_key: var("ANTHROPIC_API_KEY"),
+        }
     }
 }
 
@@ -66,11 +79,15 @@ struct State {
     http: Option<reqwest::Client>,
     /// One client per (base URL, key): the same server with another key is another account.
     openai: HashMap<(String, Option<String>), OpenAiProvider>,
+    anthropic: HashMap<(String, Option<String>), AnthropicProvider>,
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State").field("openai_clients", &self.openai.len()).finish()
+        f.debug_struct("State")
+            .field("openai_clients", &self.openai.len())
+            .field("anthropic_clients", &self.anthropic.len())
+            .finish()
     }
 }
 
@@ -99,50 +116,80 @@ impl Providers {
         match spec.provider {
             Provider::Scripted => Ok(Arc::new(ScriptedModel::new(spec.chunk_delay_ms))),
             Provider::Openai => Ok(Arc::new(self.openai(spec)?)),
+            Provider::Anthropic => Ok(Arc::new(self.anthropic(spec)?)),
         }
     }
 
     /// The OpenAI-compatible provider for `spec`, with its timeout.
     pub fn openai(&self, spec: &ModelSpec) -> Result<OpenAiProvider, Error> {
         let defaults = &self.inner.defaults;
-        let base_url = spec
-            .base_url
-            .as_deref()
-            .or(defaults.openai_base_url.as_deref())
-            .unwrap_or(DEFAULT_OPENAI_BASE_URL)
-            .trim()
-            .trim_end_matches('/')
-            .to_owned();
-        let key = match &spec.api_key_env {
-            Some(var) => match std::env::var(var) {
-                Ok(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
-                _ => {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        format!("environment variable `{var}` (model.api_key_env) is not set"),
-                    ));
-                }
-            },
-            None => defaults.openai_api_key.clone(),
-        };
+        let base_url = base_url(spec, defaults.openai_base_url.as_deref(), DEFAULT_OPENAI_BASE_URL);
+        let key = api_key(spec, &defaults.openai_api_key)?;
         let timeout = Duration::from_secs(spec.timeout_secs.max(1));
-        // A poisoned lock only means another thread panicked mid-insert; the map is still usable.
-        let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.inner.lock();
         let cache_key = (base_url, key);
         if let Some(p) = state.openai.get(&cache_key) {
             return Ok(p.with_timeout(timeout));
         }
-        let http = match &state.http {
-            Some(h) => h.clone(),
-            None => {
-                let h = http_client()?;
-                state.http = Some(h.clone());
-                h
-            }
-        };
-        let provider = OpenAiProvider::new(http, &cache_key.0, cache_key.1.as_deref(), timeout)?;
+        let provider = OpenAiProvider::new(state.http()?, &cache_key.0, cache_key.1.as_deref(), timeout)?;
         state.openai.insert(cache_key, provider.clone());
         Ok(provider)
+    }
+
+    /// The Anthropic Messages provider for `spec`, with its timeout: base URL from the spec,
+    /// else `ANTHROPIC_BASE_URL` (via the defaults), else [`DEFAULT_ANTHROPIC_BASE_URL`]; key
+    /// from the spec's `api_key_env`, else `ANTHROPIC_API_KEY` (via the defaults).
+    pub fn anthropic(&self, spec: &ModelSpec) -> Result<AnthropicProvider, Error> {
+        let defaults = &self.inner.defaults;
+        let base_url = base_url(spec, defaults.anthropic_base_url.as_deref(), DEFAULT_ANTHROPIC_BASE_URL);
+        let key = api_key(spec, &defaults.anthropic_api_key)?;
+        let timeout = Duration::from_secs(spec.timeout_secs.max(1));
+        let mut state = self.inner.lock();
+        let cache_key = (base_url, key);
+        if let Some(p) = state.anthropic.get(&cache_key) {
+            return Ok(p.with_timeout(timeout));
+        }
+        let provider = AnthropicProvider::new(state.http()?, &cache_key.0, cache_key.1.as_deref(), timeout)?;
+        state.anthropic.insert(cache_key, provider.clone());
+        Ok(provider)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means another thread panicked mid-insert; the map is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    /// The shared HTTP client, built on first use.
+    fn http(&mut self) -> Result<reqwest::Client, Error> {
+        if let Some(h) = &self.http {
+            return Ok(h.clone());
+        }
+        let h = http_client()?;
+        self.http = Some(h.clone());
+        Ok(h)
+    }
+}
+
+/// The spec's base URL, else the server-wide default, else the provider's public endpoint.
+fn base_url(spec: &ModelSpec, default: Option<&str>, fallback: &str) -> String {
+    spec.base_url.as_deref().or(default).unwrap_or(fallback).trim().trim_end_matches('/').to_owned()
+}
+
+/// The key from the variable the spec names (which must then be set), else the default key.
+fn api_key(spec: &ModelSpec, default: &Option<String>) -> Result<Option<String>, Error> {
+    match &spec.api_key_env {
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
+            _ => Err(Error::new(
+                ErrorKind::Config,
+                format!("environment variable `{var}` (model.api_key_env) is not set"),
+            )),
+        },
+        None => Ok(default.clone()),
     }
 }
 
@@ -174,7 +221,7 @@ mod tests {
 
         let with_defaults = Providers::new(ProviderDefaults {
             openai_base_url: Some("http://127.0.0.1:11434/v1/".into()),
-            openai_api_key: None,
+            ..Default::default()
         });
         let b = with_defaults.openai(&spec(Provider::Openai)).unwrap();
         assert_eq!(b.url(), "http://127.0.0.1:11434/v1/chat/completions");
@@ -211,15 +258,80 @@ mod tests {
     fn override_serves_every_spec() {
         let scripted: Arc<dyn ModelProvider> = Arc::new(ScriptedModel::new(0));
         let providers = Providers::with_override(ProviderDefaults::default(), scripted.clone());
-        for provider in [Provider::Openai, Provider::Scripted] {
+        for provider in [Provider::Openai, Provider::Anthropic, Provider::Scripted] {
             let got = providers.for_spec(&spec(provider)).unwrap();
             assert!(Arc::ptr_eq(&got, &scripted), "{provider:?}");
         }
     }
 
     #[test]
-    fn defaults_debug_hides_the_key() {
-        let d = ProviderDefaults { openai_base_url: None, openai_api_key: Some("sk-secret".into()) };
-        assert!(!format!("{d:?}").contains("sk-secret"));
+    fn defaults_debug_hides_the_keys() {
+        let d = ProviderDefaults {
+            openai_api_key: Some("sk-secret".into()),
+            anthropic_api_key: Some("sk-ant-secret".into()),
+            ..Default::default()
+        };
+        let debug = format!("{d:?}");
+        assert!(!debug.contains("sk-secret") && !debug.contains("sk-ant-secret"), "{debug}");
+        assert!(debug.contains("anthropic_api_key"), "{debug}");
+    }
+
+    #[test]
+    fn anthropic_resolution_and_caching() {
+        // No defaults: the public endpoint.
+        let providers = Providers::new(ProviderDefaults::default());
+        let a = providers.anthropic(&spec(Provider::Anthropic)).unwrap();
+        assert_eq!(a.url(), "https://api.anthropic.com/v1/messages");
+        assert_eq!(a.timeout(), Duration::from_secs(7));
+        // `for_spec` builds it too (it used to be a Config error).
+        providers.for_spec(&spec(Provider::Anthropic)).unwrap();
+
+        // The Anthropic defaults apply to Anthropic specs only, and the OpenAI ones to OpenAI specs.
+        let with_defaults = Providers::new(ProviderDefaults {
+            openai_base_url: Some("http://openai.local/v1".into()),
+            anthropic_base_url: Some("http://127.0.0.1:9/".into()),
+            anthropic_api_key: Some("sk-ant-x".into()),
+            ..Default::default()
+        });
+        let b = with_defaults.anthropic(&spec(Provider::Anthropic)).unwrap();
+        assert_eq!(b.url(), "http://127.0.0.1:9/v1/messages");
+        assert!(format!("{b:?}").contains("has_key: true"));
+        assert_eq!(
+            with_defaults.openai(&spec(Provider::Openai)).unwrap().url(),
+            "http://openai.local/v1/chat/completions"
+        );
+
+        // The spec's base URL wins; one client per (base_url, key).
+        let mut s = spec(Provider::Anthropic);
+        s.base_url = Some("http://localhost:8000".into());
+        s.timeout_secs = 3;
+        let c1 = with_defaults.anthropic(&s).unwrap();
+        let c2 = with_defaults.clone().anthropic(&s).unwrap();
+        assert_eq!(c1.url(), "http://localhost:8000/v1/messages");
+        assert!(c1.same_endpoint(&c2));
+        assert!(!c1.same_endpoint(&b));
+        assert_eq!(c2.timeout(), Duration::from_secs(3));
+
+        // A key variable the spec names must be set.
+        s.api_key_env = Some("STEAD_TEST_SURELY_UNSET_ANTHROPIC_KEY".into());
+        let err = with_defaults.for_spec(&s).err().unwrap();
+        assert_eq!(err.kind, ErrorKind::Config);
+        assert!(err.message.contains("STEAD_TEST_SURELY_UNSET_ANTHROPIC_KEY"), "{err}");
+
+        s.api_key_env = None;
+        s.base_url = Some("ftp://x".into());
+        assert_eq!(with_defaults.for_spec(&s).err().unwrap().kind, ErrorKind::Config);
+    }
+
+    #[test]
+    fn from_env_reads_the_anthropic_variables() {
+        // Read-only (setting variables would race other tests): whatever the environment holds.
+        let var = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let d = ProviderDefaults::from_env();
+        assert_eq!(d.anthropic_base_url, var("ANTHROPIC_BASE_URL"));
+        assert_eq!(d.anthropic_api_key, var("ANTHROPIC_API_KEY"));
+        let p = Providers::new(d).anthropic(&spec(Provider::Anthropic)).unwrap();
+        let want = var("ANTHROPIC_BASE_URL").unwrap_or_else(|| DEFAULT_ANTHROPIC_BASE_URL.to_owned());
+        assert!(p.url().starts_with(want.trim_end_matches('/')), "{}", p.url());
     }
 }

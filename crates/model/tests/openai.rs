@@ -328,6 +328,7 @@ async fn request_body_and_authorization() {
     let with_key = Providers::new(ProviderDefaults {
         openai_base_url: Some(server.base_url.clone()),
         openai_api_key: Some("sk-test-123".into()),
+        ..Default::default()
     });
     with_key.for_spec(&spec).unwrap().complete(&req, NO_DELTA).await.unwrap();
 
@@ -363,8 +364,11 @@ async fn request_body_and_authorization() {
     );
 
     // Without a key (a local server): no header at all; streaming asks for usage.
-    let without_key =
-        Providers::new(ProviderDefaults { openai_base_url: Some(server.base_url.clone()), openai_api_key: None });
+    let without_key = Providers::new(ProviderDefaults {
+        openai_base_url: Some(server.base_url.clone()),
+        openai_api_key: None,
+        ..Default::default()
+    });
     let mut streaming = request(true);
     streaming.tools.clear();
     // The server answers with plain JSON even though we asked for a stream; that still works.
