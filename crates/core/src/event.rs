@@ -71,6 +71,13 @@ pub enum EventBody {
     ItemsAdded {
         items: Vec<Message>,
     },
+    /// Replaces the session's metadata.
+    SessionUpdated {
+        metadata: serde_json::Value,
+    },
+    /// The run is deleted: hidden from the APIs that show runs as responses. Its messages stay
+    /// in the conversation and the log (append-only); delete the session to erase them.
+    RunDeleted {},
     /// Removes one message, added by the event at `seq`, from the conversation the model sees
     /// from now on. The log keeps it (append-only); delete the session to erase it.
     ItemRemoved {
@@ -161,6 +168,8 @@ impl EventBody {
             EventBody::RunCreated { .. } => "run_created",
             EventBody::ItemsAdded { .. } => "items_added",
             EventBody::ItemRemoved { .. } => "item_removed",
+            EventBody::SessionUpdated { .. } => "session_updated",
+            EventBody::RunDeleted { .. } => "run_deleted",
             EventBody::ModelResponded { .. } => "model_responded",
             EventBody::ToolCallStarted { .. } => "tool_call_started",
             EventBody::ToolCallCompleted { .. } => "tool_call_completed",
@@ -194,7 +203,13 @@ impl EventBody {
 
     /// Events that belong to no run: the session's first, and conversation edits.
     pub fn is_session_level(&self) -> bool {
-        matches!(self, EventBody::SessionCreated { .. } | EventBody::ItemsAdded { .. } | EventBody::ItemRemoved { .. })
+        matches!(
+            self,
+            EventBody::SessionCreated { .. }
+                | EventBody::ItemsAdded { .. }
+                | EventBody::ItemRemoved { .. }
+                | EventBody::SessionUpdated { .. }
+        )
     }
 
     /// The messages this event adds to the conversation.

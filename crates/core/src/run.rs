@@ -133,6 +133,8 @@ pub struct RunState {
     /// The agent version the run uses when it is not the session's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentRef>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 impl RunState {
@@ -152,6 +154,7 @@ impl RunState {
             error: None,
             finished_at: None,
             agent: None,
+            deleted: false,
         }
     }
 
@@ -199,7 +202,10 @@ impl RunState {
     pub fn apply(&mut self, at: Timestamp, body: &EventBody) -> Result<(), String> {
         // An approval left open by a run that ended (cancelled, or paused into the
         // conversation and never continued) still expires, for the record; nothing else moves.
-        let closing = matches!(body, EventBody::ApprovalDecided { decision: ApprovalDecision::Expire, .. });
+        let closing = matches!(
+            body,
+            EventBody::ApprovalDecided { decision: ApprovalDecision::Expire, .. } | EventBody::RunDeleted {}
+        );
         if self.status.is_terminal() && !closing {
             return Err(format!("run is already {}", self.status.as_str()));
         }
@@ -207,8 +213,15 @@ impl RunState {
             EventBody::SessionCreated { .. }
             | EventBody::RunCreated { .. }
             | EventBody::ItemsAdded { .. }
-            | EventBody::ItemRemoved { .. } => {
+            | EventBody::ItemRemoved { .. }
+            | EventBody::SessionUpdated { .. } => {
                 return Err(format!("`{}` cannot be applied to an existing run", body.kind()));
+            }
+            EventBody::RunDeleted {} => {
+                if !self.status.is_terminal() {
+                    return Err("only a finished run can be deleted; cancel it first".into());
+                }
+                self.deleted = true;
             }
             EventBody::ModelResponded { content, tool_calls, usage, .. } => {
                 if !self.pending.is_empty() {

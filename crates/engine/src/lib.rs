@@ -190,6 +190,10 @@ impl Engine {
         &self.inner.options
     }
 
+    pub fn providers(&self) -> &Providers {
+        &self.inner.providers
+    }
+
     pub fn tools(&self) -> &ToolRegistry {
         &self.inner.tools
     }
@@ -490,6 +494,49 @@ impl Engine {
         index: u32,
     ) -> Result<Event> {
         self.append_session_event(tenant, principal, session_id, EventBody::ItemRemoved { seq, index }).await
+    }
+
+    /// Replaces a session's metadata (recorded in its log).
+    pub async fn update_session_metadata(
+        &self,
+        tenant: &TenantId,
+        principal: &str,
+        session_id: &SessionId,
+        metadata: serde_json::Value,
+    ) -> Result<SessionRecord> {
+        self.append_session_event(tenant, principal, session_id, EventBody::SessionUpdated { metadata }).await?;
+        Ok(self.inner.store.get_session(tenant, session_id).await?)
+    }
+
+    /// Marks a finished run deleted (see `EventBody::RunDeleted`).
+    pub async fn delete_run(&self, tenant: &TenantId, principal: &str, run_id: &RunId) -> Result<()> {
+        let store = &self.inner.store;
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let run = store.get_run(tenant, run_id).await?;
+            if run.state.deleted {
+                return Ok(());
+            }
+            if !run.status().is_terminal() {
+                return Err(Error::InvalidInput(format!("run {run_id} is {}; cancel it first", run.status().as_str())));
+            }
+            let session = store.get_session(tenant, &run.session_id).await?;
+            let req = AppendRequest {
+                tenant_id: tenant.clone(),
+                session_id: run.session_id,
+                expected_head: session.head_seq,
+                events: vec![NewEvent {
+                    run_id: Some(*run_id),
+                    actor: Actor::principal(principal),
+                    body: EventBody::RunDeleted {},
+                }],
+                fence: None,
+            };
+            if self.append_unfenced(req).await? {
+                return Ok(());
+            }
+            backoff(attempt).await;
+        }
+        Err(Error::Contention(run_id.to_string()))
     }
 
     async fn append_session_event(

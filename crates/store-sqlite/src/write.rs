@@ -326,6 +326,10 @@ pub(crate) fn append(
             (EventBody::SessionCreated { .. }, _) => {
                 return Err(malformed(&new, "can only be a session's first event"));
             }
+            (EventBody::SessionUpdated { metadata }, None) => {
+                let text = to_json(metadata, "session metadata")?;
+                conn.exec("UPDATE sessions SET metadata = ?1 WHERE pk = ?2", params![text, pk]).sql()?;
+            }
             (body, None) if body.is_session_level() => {}
             (_, None) => return Err(malformed(&new, "must name its run")),
             (body, Some(_)) if body.is_session_level() => {

@@ -128,6 +128,34 @@ impl Guard {
     }
 }
 
+impl Guard {
+    /// Checks a destination chosen by someone else (e.g. an MCP `server_url` in an API request)
+    /// before anything connects to it: scheme, literal addresses, and every address the host
+    /// name resolves to now — all must be allowed, since the connecting client may pick any.
+    pub async fn check_destination(&self, url: &Url) -> Result<(), String> {
+        self.check_url(url)?;
+        let host = url.host_str().unwrap_or_default();
+        let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if bare.parse::<IpAddr>().is_ok() || self.host_allowed(bare) {
+            return Ok(());
+        }
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(|e| format!("cannot resolve {bare}: {e}"))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("{bare} resolves to no address"));
+        }
+        for a in addrs {
+            if let Err(d) = self.check_ip(a.ip()) {
+                return Err(format!("refused: {bare} resolves to {}, which is {}", d.ip, d.reason));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A host name none of whose addresses may be connected to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Refused {
