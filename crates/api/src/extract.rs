@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::{ApiError, AppState, Principal};
+use crate::{ApiError, AppState, Auth, Principal};
 
 /// `axum::Json`, but rejections become `ApiError`s (stable codes, one shape).
 pub struct Json<T>(pub T);
@@ -32,25 +32,30 @@ impl<T: DeserializeOwned> FromRequestParts<AppState> for Query<T> {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if !state.auth.is_enabled() {
-            return Ok(Principal {
-                tenant: stead_core::ids::TenantId::default_tenant(),
-                id: "local".into(),
-                roles: vec!["*".into()],
-            });
-        }
-        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("send `Authorization: Bearer <api key>`"))?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))?;
-        state.auth.keys.get(key.trim()).cloned().ok_or_else(|| unauthorized("unknown API key"))
+        authenticate(&state.auth, &parts.headers)
     }
+}
+
+/// The caller a request's `Authorization: Bearer` key names (without keys configured, the
+/// local principal of the default tenant, holding every role).
+pub fn authenticate(auth: &Auth, headers: &axum::http::HeaderMap) -> Result<Principal, ApiError> {
+    if !auth.is_enabled() {
+        return Ok(Principal {
+            tenant: stead_core::ids::TenantId::default_tenant(),
+            id: "local".into(),
+            roles: vec!["*".into()],
+        });
+    }
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("send `Authorization: Bearer <api key>`"))?;
+    let key = header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))?;
+    auth.keys.get(key.trim()).cloned().ok_or_else(|| unauthorized("unknown API key"))
 }
 
 /// Parses a typed id from a path segment, with a clear error.

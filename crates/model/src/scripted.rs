@@ -1,5 +1,6 @@
 //! The scripted model: deterministic and in-process, a pure function of the request it gets,
-//! driven by commands in the last user message (`call`, `repeat`, `parallel`, `badargs`).
+//! driven by commands in the last user message (`call`, `repeat`, `parallel`, `badargs`,
+//! `history`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +105,16 @@ pub fn respond(req: &ModelRequest) -> ModelResponse {
                 Action::Reply(format!("results: {}", results.join("; ")))
             }
         }
+        Some(Command::History) => {
+            let earlier: Vec<&str> = req.messages[..last_user.unwrap_or(0)]
+                .iter()
+                .filter_map(|m| match &**m {
+                    Message::User { content } => Some(content.as_str()),
+                    _ => None,
+                })
+                .collect();
+            Action::Reply(format!("history: {}", earlier.join(" | ")))
+        }
         None => match trailing_results(&req.messages) {
             Some(results) => Action::Reply(format!("tool results: {}", results.join("; "))),
             None => Action::Reply(format!("echo: {user_text}")),
@@ -136,10 +147,23 @@ enum Action {
 }
 
 enum Command<'a> {
-    Call { tool: &'a str, args: &'a str },
-    Repeat { times: u64, tool: &'a str, args: &'a str },
-    Parallel { tools: Vec<&'a str> },
-    BadArgs { tool: &'a str },
+    Call {
+        tool: &'a str,
+        args: &'a str,
+    },
+    Repeat {
+        times: u64,
+        tool: &'a str,
+        args: &'a str,
+    },
+    Parallel {
+        tools: Vec<&'a str>,
+    },
+    BadArgs {
+        tool: &'a str,
+    },
+    /// `history`: reply with every earlier user message, to show what context the model got.
+    History,
 }
 
 impl<'a> Command<'a> {
@@ -161,6 +185,7 @@ impl<'a> Command<'a> {
                 let tools: Vec<&str> = rest.split_whitespace().collect();
                 (!tools.is_empty()).then_some(Command::Parallel { tools })
             }
+            "history" if rest.is_empty() => Some(Command::History),
             "badargs" => {
                 let (tool, _) = split_word(rest);
                 (!tool.is_empty()).then_some(Command::BadArgs { tool })
@@ -259,5 +284,7 @@ mod tests {
         assert!(Command::parse("call").is_none());
         assert!(Command::parse("parallel").is_none());
         assert!(Command::parse("calls t").is_none());
+        assert!(matches!(Command::parse(" history "), Some(Command::History)));
+        assert!(Command::parse("history of rome").is_none());
     }
 }

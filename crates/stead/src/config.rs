@@ -34,6 +34,17 @@ pub struct ServeArgs {
     /// var); `*` allows everything. By default only public addresses are reachable.
     #[arg(long = "http-allow", env = "STEAD_HTTP_ALLOW", value_delimiter = ',')]
     pub http_allow: Vec<String>,
+    /// Routes model names of the OpenAI-compatible API (`/v1/responses`, `/v1/chat/completions`)
+    /// to providers: `PATTERN=PROVIDER[:BASE_URL]` (PATTERN is a name, `prefix*` or `*`;
+    /// PROVIDER is openai, anthropic or scripted; for scripted the suffix is a chunk delay in
+    /// ms). First match wins. Without routes every name goes to OPENAI_BASE_URL unchanged.
+    #[arg(long = "model-route", env = "STEAD_MODEL_ROUTES", value_delimiter = ',')]
+    pub model_routes: Vec<String>,
+    /// Addresses that `server_url`s of `mcp` tools in API requests may reach although they are
+    /// private, loopback or link-local (CIDRs or host names; `*` allows everything). While
+    /// Stead listens on loopback only, every address is allowed by default.
+    #[arg(long = "mcp-url-allow", env = "STEAD_MCP_URL_ALLOW", value_delimiter = ',')]
+    pub mcp_url_allow: Vec<String>,
     /// Largest request body, in bytes [default: 1048576].
     #[arg(long, env = "STEAD_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -75,6 +86,11 @@ struct FileConfig {
     durability: Option<String>,
     api_keys: Option<Vec<String>>,
     http_allow: Option<Vec<String>>,
+    model_routes: Option<Vec<String>>,
+    /// Full routes: `[[model_route]] match = "claude-*", provider = "anthropic", ...`.
+    #[serde(default)]
+    model_route: Vec<stead_openai::ModelRoute>,
+    mcp_url_allow: Option<Vec<String>>,
     max_body_bytes: Option<usize>,
     max_input_bytes: Option<usize>,
     max_tool_output_bytes: Option<usize>,
@@ -96,6 +112,9 @@ pub struct ServeConfig {
     /// (tenant, key, roles)
     pub api_keys: Vec<(String, String, Vec<String>)>,
     pub http_allow: Vec<String>,
+    pub model_routes: Vec<stead_openai::ModelRoute>,
+    /// `None`: any address (loopback-only server with nothing configured).
+    pub mcp_url_allow: Option<Vec<String>>,
     pub max_body_bytes: usize,
     pub max_input_bytes: usize,
     pub max_tool_output_bytes: usize,
@@ -139,8 +158,24 @@ impl ServeArgs {
             }
             api_keys.push((tenant.to_owned(), key.to_owned(), roles));
         }
+        let mut model_routes = file.model_route;
+        let flags =
+            if self.model_routes.is_empty() { file.model_routes.unwrap_or_default() } else { self.model_routes };
+        for r in flags {
+            model_routes.push(stead_openai::ModelRoute::parse_flag(&r).map_err(|e| anyhow::anyhow!(e))?);
+        }
+        for r in &model_routes {
+            r.validate().map_err(|e| anyhow::anyhow!(e))?;
+        }
+        let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8787".parse().expect("valid default"));
+        let mcp_allow =
+            if self.mcp_url_allow.is_empty() { file.mcp_url_allow.unwrap_or_default() } else { self.mcp_url_allow };
+        // A server reachable only from this machine lets its callers reach what they already can.
+        let mcp_url_allow = if mcp_allow.is_empty() && listen.ip().is_loopback() { None } else { Some(mcp_allow) };
         let cfg = ServeConfig {
-            listen: self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8787".parse().expect("valid default")),
+            listen,
+            model_routes,
+            mcp_url_allow,
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./stead-data")),
             durability,
             api_keys,

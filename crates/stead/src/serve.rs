@@ -60,11 +60,43 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // never by any part of the key, which would then reach the log.
         auth = auth.with_key(key, t, &format!("{tenant}/key{}", i + 1), roles);
     }
+    let auth = Arc::new(auth);
+    let mcp_guard = match &cfg.mcp_url_allow {
+        None => None,
+        Some(allow) => Some(Arc::new(
+            Guard::new(GuardConfig {
+                allow: allow.iter().filter(|a| a.as_str() != "*").cloned().collect(),
+                allow_all: allow.iter().any(|a| a == "*"),
+            })
+            .map_err(|e| anyhow::anyhow!("--mcp-url-allow: {e}"))?,
+        )),
+    };
+    // Unstored (`store: false`) responses a crash left behind are erased before serving.
+    let mut tenants = vec![TenantId::default_tenant()];
+    for (tenant, _, _) in &cfg.api_keys {
+        tenants.push(TenantId::new(tenant)?);
+    }
+    let swept = stead_openai::sweep_unstored(&engine, &tenants).await;
+    if swept > 0 {
+        tracing::info!(sessions = swept, "erased unstored responses left by a crash");
+    }
+    let openai = stead_openai::router(stead_openai::OaiState {
+        engine: engine.clone(),
+        auth: auth.clone(),
+        options: Arc::new(stead_openai::OpenAiOptions {
+            routes: stead_openai::ModelRoutes::new(cfg.model_routes.clone()),
+            mcp_guard,
+            max_wait: cfg.max_wait,
+            max_body_bytes: cfg.max_body_bytes,
+            ..Default::default()
+        }),
+    });
     let app = stead_api::app(AppState {
         engine: engine.clone(),
-        auth: Arc::new(auth),
+        auth,
         options: ApiOptions { max_body_bytes: cfg.max_body_bytes, max_wait: cfg.max_wait },
-    });
+    })
+    .merge(openai);
 
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;

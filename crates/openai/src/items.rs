@@ -1,0 +1,294 @@
+//! Items: the Responses/Conversations view of a session's log. An item is not stored on its
+//! own; it is rendered from the event that recorded it, and its id says where that is:
+//! `{prefix}_{session}{seq:012x}{index:08x}`, where `index` is `message << 12 | part` (part 0
+//! is a message's text, part k its k-th tool call). So ids are stable, globally unique, and
+//! an item can be found (and removed) without an index of its own.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use stead_core::event::{ApprovalDecision, CarriedCall, Event, EventBody};
+use stead_core::ids::{ApprovalId, RunId, SessionId};
+use stead_core::message::{Message, ToolCall};
+
+/// The run metadata key under which a response's request settings are kept.
+pub const META_KEY: &str = "openai";
+
+/// Where an item came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Given by the client (run input, conversation items, approval responses).
+    Input,
+    /// Produced by the model or a tool.
+    Output,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub seq: u64,
+    pub index: u32,
+    pub run: Option<RunId>,
+    pub side: Side,
+    pub item: Value,
+}
+
+impl Rendered {
+    pub fn id(&self) -> &str {
+        self.item["id"].as_str().unwrap_or_default()
+    }
+}
+
+pub fn item_id(prefix: &str, session: &SessionId, seq: u64, index: u32) -> String {
+    let s = session.to_string();
+    let hex = s.strip_prefix("sess_").unwrap_or(&s);
+    format!("{prefix}_{hex}{seq:012x}{index:08x}")
+}
+
+/// The (session, seq, index) an item id points at.
+pub fn parse_item_id(id: &str) -> Option<(SessionId, u64, u32)> {
+    let (_, hex) = id.split_once('_')?;
+    if hex.len() != 52 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let session: SessionId = format!("sess_{}", &hex[..32]).parse().ok()?;
+    let seq = u64::from_str_radix(&hex[32..44], 16).ok()?;
+    let index = u32::from_str_radix(&hex[44..], 16).ok()?;
+    Some((session, seq, index))
+}
+
+/// `mcpr_…` names an approval request the way OpenAI names them; it is the approval's id.
+pub fn approval_item_id(id: &ApprovalId) -> String {
+    let s = id.to_string();
+    format!("mcpr_{}", s.strip_prefix("apr_").unwrap_or(&s))
+}
+
+pub fn parse_approval_item_id(id: &str) -> Option<ApprovalId> {
+    let hex = id.strip_prefix("mcpr_")?;
+    format!("apr_{hex}").parse().ok()
+}
+
+pub fn part_index(message: usize, part: usize) -> u32 {
+    ((message as u32) << 12) | (part as u32 & 0xfff)
+}
+
+/// What the renderer needs to know about each run: how MCP tools were named to the model.
+#[derive(Default)]
+struct RunInfo {
+    /// Model-facing server prefix (`slug`) → the client's `server_label`.
+    mcp_labels: HashMap<String, String>,
+    carried: Vec<CarriedCall>,
+}
+
+impl RunInfo {
+    fn from_created(metadata: &Value, carried: &[CarriedCall]) -> Self {
+        let mcp_labels = metadata[META_KEY]["mcp_labels"]
+            .as_object()
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+            .unwrap_or_default();
+        Self { mcp_labels, carried: carried.to_vec() }
+    }
+
+    /// (server_label, tool) when `name` is one of this run's MCP tools.
+    fn mcp(&self, name: &str) -> Option<(String, String)> {
+        let (slug, tool) = name.split_once("__")?;
+        self.mcp_labels.get(slug).map(|label| (label.clone(), tool.to_owned()))
+    }
+}
+
+/// Renders a stretch of a session's log as items, in log order, with removed items left out.
+/// `events` must start at or before the `run_created` of every run whose items are wanted.
+pub fn render(session: &SessionId, events: &[Event]) -> Vec<Rendered> {
+    let mut runs: HashMap<RunId, RunInfo> = HashMap::new();
+    let mut out: Vec<Rendered> = Vec::new();
+    // call id → (run, name, arguments) of calls the model made, for MCP call items.
+    let mut calls: HashMap<String, ToolCall> = HashMap::new();
+    for e in events {
+        let run = e.run_id;
+        let info = run.and_then(|r| runs.get(&r));
+        let mut push = |index: u32, side: Side, item: Value| {
+            out.push(Rendered { seq: e.seq, index, run, side, item });
+        };
+        match &e.body {
+            EventBody::RunCreated { input, carried, metadata, .. } => {
+                if let Some(r) = run {
+                    runs.insert(r, RunInfo::from_created(metadata, carried));
+                }
+                for c in carried {
+                    calls.insert(c.call.id.clone(), c.call.clone());
+                }
+                for (i, m) in input.iter().enumerate() {
+                    for (part, item) in message_items(session, e.seq, i, m, None) {
+                        push(part, Side::Input, item);
+                    }
+                }
+            }
+            EventBody::ItemsAdded { items } => {
+                for (i, m) in items.iter().enumerate() {
+                    for (part, item) in message_items(session, e.seq, i, m, None) {
+                        push(part, Side::Input, item);
+                    }
+                }
+            }
+            EventBody::ModelResponded { content, tool_calls, .. } => {
+                for c in tool_calls {
+                    calls.insert(c.id.clone(), c.clone());
+                }
+                let m = Message::Assistant { content: content.clone(), tool_calls: tool_calls.clone() };
+                for (part, item) in message_items(session, e.seq, 0, &m, info) {
+                    push(part, Side::Output, item);
+                }
+            }
+            EventBody::ApprovalRequested { approval_id, call_id: _, name, arguments, .. } => {
+                let (label, tool) = info.and_then(|i| i.mcp(name)).unwrap_or_else(|| (String::new(), name.clone()));
+                push(
+                    0,
+                    Side::Output,
+                    json!({
+                        "type": "mcp_approval_request",
+                        "id": approval_item_id(approval_id),
+                        "server_label": label,
+                        "name": tool,
+                        "arguments": arguments,
+                    }),
+                );
+            }
+            EventBody::ApprovalDecided { approval_id, decision, reason, decided_by, .. }
+                if decided_by.starts_with("principal:")
+                    && info.is_some_and(|i| i.carried.iter().any(|c| &c.approval_id == approval_id)) =>
+            {
+                push(
+                    0,
+                    Side::Input,
+                    json!({
+                        "type": "mcp_approval_response",
+                        "id": item_id("mcpa", session, e.seq, 0),
+                        "approval_request_id": approval_item_id(approval_id),
+                        "approve": *decision == ApprovalDecision::Approve,
+                        "reason": reason,
+                    }),
+                );
+            }
+            EventBody::ToolCallCompleted { call_id, name, output, is_error } => {
+                let mcp = info.and_then(|i| i.mcp(name));
+                match mcp {
+                    Some((label, tool)) => {
+                        let arguments = calls.get(call_id).map(|c| c.arguments.clone()).unwrap_or_default();
+                        push(
+                            0,
+                            Side::Output,
+                            json!({
+                                "type": "mcp_call",
+                                "id": item_id("mcp", session, e.seq, 0),
+                                "server_label": label,
+                                "name": tool,
+                                "arguments": arguments,
+                                "output": if *is_error { Value::Null } else { json!(output) },
+                                "error": if *is_error { json!(output) } else { Value::Null },
+                                "status": if *is_error { "failed" } else { "completed" },
+                            }),
+                        );
+                    }
+                    // A server-side tool of a native agent: shown as its output.
+                    None if run.is_some() => push(
+                        0,
+                        Side::Output,
+                        json!({
+                            "type": "function_call_output",
+                            "id": item_id("fco", session, e.seq, 0),
+                            "call_id": call_id,
+                            "output": output,
+                            "status": "completed",
+                        }),
+                    ),
+                    None => {}
+                }
+            }
+            EventBody::ItemRemoved { seq, index } => {
+                out.retain(|r| !(r.seq == *seq && r.index >> 12 == *index));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The items one message renders as: `(part index, item)`.
+fn message_items(
+    session: &SessionId,
+    seq: u64,
+    message: usize,
+    m: &Message,
+    info: Option<&RunInfo>,
+) -> Vec<(u32, Value)> {
+    let id = |prefix: &str, part: usize| item_id(prefix, session, seq, part_index(message, part));
+    let idx = |part: usize| part_index(message, part);
+    match m {
+        Message::User { content } => vec![(
+            idx(0),
+            json!({
+                "type": "message", "id": id("msg", 0), "role": "user", "status": "completed",
+                "content": [{"type": "input_text", "text": content}],
+            }),
+        )],
+        Message::System { content } => vec![(
+            idx(0),
+            json!({
+                "type": "message", "id": id("msg", 0), "role": "system", "status": "completed",
+                "content": [{"type": "input_text", "text": content}],
+            }),
+        )],
+        Message::Assistant { content, tool_calls } => {
+            let mut items = Vec::new();
+            if let Some(text) = content.as_deref().filter(|t| !t.is_empty()) {
+                items.push((idx(0), assistant_message(&id("msg", 0), text, "completed")));
+            }
+            for (k, c) in tool_calls.iter().enumerate() {
+                // MCP calls show up once they ran (as `mcp_call`) or were asked about.
+                if info.and_then(|i| i.mcp(&c.name)).is_some() {
+                    continue;
+                }
+                items.push((idx(k + 1), function_call(&id("fc", k + 1), c)));
+            }
+            items
+        }
+        Message::Tool { call_id, content, .. } => vec![(
+            idx(0),
+            json!({
+                "type": "function_call_output", "id": id("fco", 0), "call_id": call_id,
+                "output": content, "status": "completed",
+            }),
+        )],
+    }
+}
+
+pub fn assistant_message(id: &str, text: &str, status: &str) -> Value {
+    json!({
+        "type": "message", "id": id, "role": "assistant", "status": status,
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+    })
+}
+
+pub fn function_call(id: &str, c: &ToolCall) -> Value {
+    json!({
+        "type": "function_call", "id": id, "call_id": c.id, "name": c.name,
+        "arguments": c.arguments, "status": "completed",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_ids_round_trip() {
+        let s = SessionId::new();
+        let id = item_id("msg", &s, 123_456, part_index(3, 2));
+        assert!(id.starts_with("msg_"));
+        assert_eq!(parse_item_id(&id), Some((s, 123_456, (3 << 12) | 2)));
+        assert_eq!(parse_item_id("msg_123"), None);
+        assert_eq!(parse_item_id("nonsense"), None);
+        let a = ApprovalId::new();
+        assert_eq!(parse_approval_item_id(&approval_item_id(&a)), Some(a));
+        assert_eq!(parse_approval_item_id("apr_x"), None);
+    }
+}

@@ -1,0 +1,123 @@
+//! The OpenAI-compatible API: `/v1/responses`, `/v1/conversations`, `/v1/chat/completions` and
+//! `/v1/models`, so the official SDKs work against Stead unchanged.
+//!
+//! Mapping: a conversation is a session (`conv_X` is `sess_X`), a response is a run (`resp_X`
+//! is `run_X`), items are rendered from the log (see `items`). A response runs on an agent
+//! version built from its request (model route, instructions, tools), whose runs *pause into
+//! the conversation*: a response ends with `function_call` or `mcp_approval_request` items and
+//! the next response answers them. `previous_response_id` continues in the same session when
+//! the previous response is its latest run, and otherwise branches into a new session seeded
+//! with the previous response's history.
+
+mod conversations;
+pub mod error;
+pub mod items;
+mod list;
+mod passthrough;
+pub mod request;
+mod responses;
+pub mod routes;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use stead_api::Auth;
+use stead_core::ids::TenantId;
+use stead_engine::Engine;
+use stead_store::Page;
+use stead_tools_http::Guard;
+
+pub use error::{OaiError, OaiResult};
+pub use routes::{ModelRoute, ModelRoutes};
+
+/// Settings of the OpenAI-compatible API. Every field is a `stead serve` option.
+#[derive(Clone, Debug)]
+pub struct OpenAiOptions {
+    pub routes: ModelRoutes,
+    /// Which `server_url`s of `mcp` tools may be connected to; `None` allows any (the default
+    /// while Stead listens on loopback only).
+    pub mcp_guard: Option<Arc<Guard>>,
+    /// Longest a non-background, non-streaming request waits for its response.
+    pub max_wait: Duration,
+    pub max_body_bytes: usize,
+    /// Recent messages a response's model sees (`truncation: auto`).
+    pub max_messages: u32,
+}
+
+impl Default for OpenAiOptions {
+    fn default() -> Self {
+        Self {
+            routes: ModelRoutes::default(),
+            mcp_guard: None,
+            max_wait: Duration::from_secs(600),
+            max_body_bytes: 1024 * 1024,
+            max_messages: 200,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct OaiState {
+    pub engine: Engine,
+    pub auth: Arc<Auth>,
+    pub options: Arc<OpenAiOptions>,
+}
+
+/// The session metadata key marking what a session is to this API.
+pub(crate) const SESSION_KIND: &str = "stead.openai";
+
+pub fn router(state: OaiState) -> Router {
+    let limit = state.options.max_body_bytes;
+    Router::new()
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
+        .route("/v1/responses/{id}/cancel", post(responses::cancel))
+        .route("/v1/responses/{id}/input_items", get(responses::input_items))
+        .route("/v1/conversations", post(conversations::create))
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::retrieve).post(conversations::update).delete(conversations::delete),
+        )
+        .route("/v1/conversations/{id}/items", get(conversations::list_items).post(conversations::create_items))
+        .route(
+            "/v1/conversations/{id}/items/{item_id}",
+            get(conversations::retrieve_item).delete(conversations::delete_item),
+        )
+        .route("/v1/chat/completions", post(passthrough::chat_completions))
+        .route("/v1/models", get(passthrough::list_models))
+        .route("/v1/models/{id}", get(passthrough::retrieve_model))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Deletes what `store: false` responses left behind when the process died before their
+/// answer was returned. Run at startup, before serving.
+pub async fn sweep_unstored(engine: &Engine, tenants: &[TenantId]) -> usize {
+    let mut deleted = 0;
+    for tenant in tenants {
+        let mut after = None;
+        loop {
+            let page = Page { after: after.clone(), limit: 200 };
+            let sessions = match engine.store().list_sessions(tenant, &page).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweeping unstored responses failed");
+                    break;
+                }
+            };
+            let Some(last) = sessions.last() else { break };
+            after = Some(last.id.to_string());
+            for s in &sessions {
+                if s.metadata[SESSION_KIND] == "unstored" && engine.store().delete_session(tenant, &s.id).await.is_ok()
+                {
+                    deleted += 1;
+                }
+            }
+        }
+    }
+    deleted
+}

@@ -1,0 +1,539 @@
+//! A `POST /v1/responses` request: its parameters, its input items turned into Stead messages
+//! and decisions, and the agent version (model, instructions, tools) that runs it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use stead_core::agent::ModelSpec;
+use stead_core::ids::ApprovalId;
+use stead_core::message::{Message, ToolCall};
+
+use crate::error::{OaiError, OaiResult};
+use crate::items::parse_approval_item_id;
+
+/// The body of `POST /v1/responses`. Parameters Stead does not act on but that leave the
+/// answer's meaning intact are accepted and echoed; ones that would change it are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateResponse {
+    pub model: Option<String>,
+    pub input: Option<Value>,
+    pub instructions: Option<String>,
+    #[serde(default)]
+    pub tools: Vec<Value>,
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
+    pub store: Option<bool>,
+    pub previous_response_id: Option<String>,
+    pub conversation: Option<Value>,
+    pub background: Option<bool>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<Value>,
+    pub metadata: Option<Map<String, Value>>,
+    pub max_output_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub truncation: Option<String>,
+    pub text: Option<Value>,
+    pub reasoning: Option<Value>,
+    pub include: Option<Vec<String>>,
+    pub user: Option<String>,
+    pub service_tier: Option<String>,
+    pub prompt_cache_key: Option<String>,
+    pub safety_identifier: Option<String>,
+    pub max_tool_calls: Option<u32>,
+    pub top_logprobs: Option<u32>,
+    pub prompt: Option<Value>,
+}
+
+/// Checks the parameters that need no state to judge.
+pub fn validate(req: &CreateResponse) -> OaiResult<()> {
+    if let Some(t) = req.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(OaiError::invalid(
+            "temperature",
+            "decimal_above_max_value",
+            format!("Invalid 'temperature': decimal above maximum value. Expected a value <= 2, but got {t} instead."),
+        ));
+    }
+    if let Some(p) = req.top_p
+        && !(0.0..=1.0).contains(&p)
+    {
+        return Err(OaiError::invalid("top_p", "invalid_value", "Invalid 'top_p': expected a value between 0 and 1."));
+    }
+    if req.max_output_tokens == Some(0) {
+        return Err(OaiError::invalid("max_output_tokens", "invalid_value", "'max_output_tokens' must be at least 1."));
+    }
+    if let Some(t) = &req.truncation
+        && t != "auto"
+        && t != "disabled"
+    {
+        return Err(OaiError::invalid("truncation", "invalid_value", "'truncation' must be 'auto' or 'disabled'."));
+    }
+    if req.prompt.is_some() {
+        return Err(OaiError::unsupported("prompt", "Stored prompt templates are not supported by this server."));
+    }
+    if let Some(text) = &req.text {
+        let kind = text.pointer("/format/type").and_then(Value::as_str).unwrap_or("text");
+        if kind != "text" {
+            return Err(OaiError::unsupported(
+                "text.format",
+                format!("Structured output format '{kind}' is not supported by this server; use 'text'."),
+            ));
+        }
+    }
+    if let Some(m) = &req.metadata {
+        check_metadata(m)?;
+    }
+    if req.background == Some(true) && req.store == Some(false) {
+        return Err(OaiError::invalid("background", "invalid_value", "Background responses need 'store': true."));
+    }
+    if req.previous_response_id.is_some() && req.conversation.is_some() {
+        return Err(OaiError::invalid(
+            "previous_response_id",
+            "mutually_exclusive_parameters",
+            "'previous_response_id' and 'conversation' cannot be used together.",
+        ));
+    }
+    if req.conversation.is_some() && req.store == Some(false) {
+        return Err(OaiError::invalid(
+            "store",
+            "invalid_value",
+            "A response in a conversation is stored; drop 'store': false.",
+        ));
+    }
+    match &req.tool_choice {
+        None => {}
+        Some(Value::String(s)) if s == "auto" || s == "none" => {}
+        Some(other) => {
+            return Err(OaiError::unsupported(
+                "tool_choice",
+                format!("tool_choice {other} is not supported by this server; use 'auto' or 'none'."),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// OpenAI's metadata limits: 16 pairs, keys up to 64 characters, string values up to 512.
+pub fn check_metadata(m: &Map<String, Value>) -> OaiResult<()> {
+    if m.len() > 16 {
+        return Err(OaiError::invalid("metadata", "invalid_value", "'metadata' may hold at most 16 pairs."));
+    }
+    for (k, v) in m {
+        if k.chars().count() > 64 {
+            return Err(OaiError::invalid(
+                "metadata",
+                "invalid_value",
+                format!("metadata key '{k}' is over 64 characters."),
+            ));
+        }
+        match v.as_str() {
+            Some(s) if s.chars().count() <= 512 => {}
+            Some(_) => {
+                return Err(OaiError::invalid(
+                    "metadata",
+                    "invalid_value",
+                    format!("metadata['{k}'] is over 512 characters."),
+                ));
+            }
+            None => {
+                return Err(OaiError::invalid(
+                    "metadata",
+                    "invalid_type",
+                    format!("metadata['{k}'] must be a string."),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An `mcp_approval_response` input item.
+#[derive(Clone, Debug)]
+pub struct ApprovalAnswer {
+    pub approval: ApprovalId,
+    pub approve: bool,
+    pub reason: Option<String>,
+}
+
+/// The input of a request, as Stead sees it.
+#[derive(Debug, Default)]
+pub struct ParsedInput {
+    pub messages: Vec<Message>,
+    pub approvals: Vec<ApprovalAnswer>,
+    /// Call ids the input gives outputs for.
+    pub outputs_for: Vec<String>,
+}
+
+/// Parses `input` (a string or a list of items). `known_calls` names calls made earlier, so
+/// a `function_call_output` can carry its tool's name.
+pub fn parse_input(input: Option<&Value>, known_calls: &HashMap<String, String>) -> OaiResult<ParsedInput> {
+    let mut parsed = ParsedInput::default();
+    let items = match input {
+        None | Some(Value::Null) => return Ok(parsed),
+        Some(Value::String(s)) => {
+            parsed.messages.push(Message::User { content: s.clone() });
+            return Ok(parsed);
+        }
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(OaiError::invalid("input", "invalid_type", "'input' must be a string or a list of items."));
+        }
+    };
+    let mut names: HashMap<String, String> = known_calls.clone();
+    for (i, item) in items.iter().enumerate() {
+        let param = format!("input[{i}]");
+        let bad = |msg: String| OaiError::invalid(&param, "invalid_value", msg);
+        let obj = item.as_object().ok_or_else(|| bad(format!("'{param}' must be an object.")))?;
+        let kind = obj.get("type").and_then(Value::as_str).unwrap_or("message");
+        match kind {
+            "message" => {
+                let role = obj
+                    .get("role")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(format!("'{param}.role' is required.")))?;
+                let text = content_text(obj.get("content"), &param)?;
+                let m = match role {
+                    "user" => Message::User { content: text },
+                    "system" | "developer" => Message::System { content: text },
+                    "assistant" => Message::Assistant { content: Some(text), tool_calls: Vec::new() },
+                    other => {
+                        return Err(bad(format!(
+                            "'{param}.role' {other:?} is not one of user, system, developer, assistant."
+                        )));
+                    }
+                };
+                parsed.messages.push(m);
+            }
+            "function_call" => {
+                let call_id = str_field(obj, "call_id", &param)?;
+                let name = str_field(obj, "name", &param)?;
+                let arguments = obj.get("arguments").and_then(Value::as_str).unwrap_or("{}").to_owned();
+                names.insert(call_id.clone(), name.clone());
+                push_call(&mut parsed.messages, ToolCall { id: call_id, name, arguments });
+            }
+            "function_call_output" => {
+                let call_id = str_field(obj, "call_id", &param)?;
+                let output = match obj.get("output") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v @ Value::Array(_)) => content_text(Some(v), &param)?,
+                    _ => return Err(bad(format!("'{param}.output' must be a string."))),
+                };
+                let name = names.get(&call_id).cloned().unwrap_or_default();
+                parsed.outputs_for.push(call_id.clone());
+                parsed.messages.push(Message::Tool { call_id, name, content: output, is_error: false });
+            }
+            "mcp_approval_response" => {
+                let id = str_field(obj, "approval_request_id", &param)?;
+                let approval = parse_approval_item_id(&id)
+                    .ok_or_else(|| OaiError::not_found("MCP approval request", &id).with_param(&param))?;
+                let approve = obj
+                    .get("approve")
+                    .and_then(Value::as_bool)
+                    .ok_or_else(|| bad(format!("'{param}.approve' must be a boolean.")))?;
+                let reason = obj.get("reason").and_then(Value::as_str).map(str::to_owned);
+                parsed.approvals.push(ApprovalAnswer { approval, approve, reason });
+            }
+            // Output items a client sends back as history (stateless use): keep what the
+            // model needs, drop what only described the exchange.
+            "mcp_call" => {
+                let call_id = obj.get("id").and_then(Value::as_str).unwrap_or("mcp_call").to_owned();
+                let label = obj.get("server_label").and_then(Value::as_str).unwrap_or_default();
+                let tool = obj.get("name").and_then(Value::as_str).unwrap_or_default();
+                let name = format!("{}__{tool}", mcp_slug(label));
+                let arguments = obj.get("arguments").and_then(Value::as_str).unwrap_or("{}").to_owned();
+                let (content, is_error) = match (obj.get("output").and_then(Value::as_str), obj.get("error")) {
+                    (Some(o), _) => (o.to_owned(), false),
+                    (None, Some(e)) if !e.is_null() => {
+                        (e.as_str().map(str::to_owned).unwrap_or_else(|| e.to_string()), true)
+                    }
+                    _ => (String::new(), false),
+                };
+                push_call(&mut parsed.messages, ToolCall { id: call_id.clone(), name: name.clone(), arguments });
+                parsed.messages.push(Message::Tool { call_id, name, content, is_error });
+            }
+            "reasoning" | "mcp_list_tools" | "mcp_approval_request" => {}
+            "item_reference" => {
+                return Err(OaiError::unsupported(
+                    &param,
+                    "Item references are not supported by this server; send the item itself.",
+                ));
+            }
+            other => {
+                return Err(OaiError::unsupported(
+                    &param,
+                    format!("Input items of type '{other}' are not supported by this server."),
+                ));
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+/// Adds a call to the assistant turn it belongs to (a `function_call` right after an
+/// assistant message or another call is part of the same turn).
+fn push_call(messages: &mut Vec<Message>, call: ToolCall) {
+    if let Some(Message::Assistant { tool_calls, .. }) = messages.last_mut() {
+        tool_calls.push(call);
+    } else {
+        messages.push(Message::Assistant { content: None, tool_calls: vec![call] });
+    }
+}
+
+fn str_field(obj: &Map<String, Value>, key: &str, param: &str) -> OaiResult<String> {
+    obj.get(key).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| {
+        OaiError::invalid(
+            &format!("{param}.{key}"),
+            "missing_required_parameter",
+            format!("'{param}.{key}' is required."),
+        )
+    })
+}
+
+/// The text of a message's `content`: a string, or text parts (joined). Images, files and
+/// audio are refused rather than silently dropped.
+pub fn content_text(content: Option<&Value>, param: &str) -> OaiResult<String> {
+    match content {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
+                match kind {
+                    "input_text" | "output_text" | "text" | "refusal" => {
+                        let t = p.get("text").or_else(|| p.get("refusal")).and_then(Value::as_str).unwrap_or_default();
+                        if !text.is_empty() {
+                            text.push('\n');
+                        }
+                        text.push_str(t);
+                    }
+                    other => {
+                        return Err(OaiError::unsupported(
+                            &format!("{param}.content[{j}]"),
+                            format!("Content of type '{other}' is not supported by this server (text only)."),
+                        ));
+                    }
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(OaiError::invalid(
+            &format!("{param}.content"),
+            "invalid_type",
+            format!("'{param}.content' must be a string or a list of parts."),
+        )),
+    }
+}
+
+/// An MCP server a request names.
+#[derive(Clone, Debug)]
+pub struct McpTool {
+    pub label: String,
+    pub slug: String,
+    pub url: String,
+}
+
+/// The agent spec (JSON) that runs a request, its MCP servers, and the model-facing prefix
+/// → `server_label` map the renderer needs.
+pub struct RunAgent {
+    pub spec: Value,
+    pub mcp: Vec<McpTool>,
+    pub mcp_labels: BTreeMap<String, String>,
+}
+
+/// Builds the agent: the routed model with the request's sampling settings, the
+/// instructions, `function` tools as client tools and `mcp` tools as MCP servers; runs
+/// pause into the conversation (a response ends where the client or a person must act).
+pub fn run_agent(req: &CreateResponse, model: ModelSpec, max_messages: u32) -> OaiResult<RunAgent> {
+    let mut tools = Vec::new();
+    let mut servers = Vec::new();
+    let mut mcp = Vec::new();
+    let mut mcp_labels = BTreeMap::new();
+    let offer_tools = req.tool_choice.as_ref().and_then(Value::as_str) != Some("none");
+    for (i, t) in req.tools.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        let kind = t.get("type").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "function" => {
+                let name = t.get("name").and_then(Value::as_str).ok_or_else(|| {
+                    OaiError::invalid(
+                        &format!("{param}.name"),
+                        "missing_required_parameter",
+                        format!("'{param}.name' is required."),
+                    )
+                })?;
+                let mut spec = json!({"name": name, "type": "client"});
+                if let Some(d) = t.get("description").and_then(Value::as_str) {
+                    spec["description"] = json!(d);
+                }
+                if let Some(p) = t.get("parameters").filter(|p| !p.is_null()) {
+                    spec["parameters"] = p.clone();
+                }
+                tools.push(spec);
+            }
+            "mcp" => {
+                let (server, tool) = mcp_server(t, &param)?;
+                mcp_labels.insert(tool.slug.clone(), tool.label.clone());
+                servers.push(server);
+                mcp.push(tool);
+            }
+            other => {
+                return Err(OaiError::unsupported(
+                    &format!("{param}.type"),
+                    format!("Tool type '{other}' is not supported by this server; use 'function' or 'mcp'."),
+                ));
+            }
+        }
+    }
+    let mut model_json = serde_json::to_value(&model).expect("a model spec serializes");
+    if let Some(t) = req.temperature {
+        model_json["temperature"] = json!(t);
+    }
+    if let Some(m) = req.max_output_tokens {
+        model_json["max_tokens"] = json!(m);
+    }
+    let max_messages = if req.truncation.as_deref() == Some("disabled") { 10_000 } else { max_messages };
+    let mut spec = json!({
+        "model": model_json,
+        "concurrency": "enqueue",
+        "pause": "complete",
+        "context": {"max_messages": max_messages, "max_tokens": 1_000_000_000u64},
+    });
+    if let Some(i) = req.instructions.as_deref().filter(|i| !i.is_empty()) {
+        spec["instructions"] = json!(i);
+    }
+    if offer_tools {
+        if !tools.is_empty() {
+            spec["tools"] = Value::Array(tools);
+        }
+        if !servers.is_empty() {
+            spec["mcp_servers"] = Value::Array(servers);
+        }
+    }
+    // Same settings, same agent version: the name is the settings' hash.
+    let digest = Sha256::digest(spec.to_string().as_bytes());
+    spec["name"] = json!(format!("resp-{}", hex::encode(&digest[..8])));
+    Ok(RunAgent { spec, mcp, mcp_labels })
+}
+
+/// The model-facing prefix for a `server_label`: Stead names MCP tools `SERVER__TOOL` with
+/// SERVER in `[a-z0-9_-]`.
+pub fn mcp_slug(label: &str) -> String {
+    let slug: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .take(48)
+        .collect();
+    if slug.is_empty() { "mcp".into() } else { slug }
+}
+
+fn mcp_server(t: &Value, param: &str) -> OaiResult<(Value, McpTool)> {
+    let label = t.get("server_label").and_then(Value::as_str).filter(|l| !l.is_empty()).ok_or_else(|| {
+        OaiError::invalid(
+            &format!("{param}.server_label"),
+            "missing_required_parameter",
+            format!("'{param}.server_label' is required."),
+        )
+    })?;
+    if t.get("connector_id").is_some_and(|c| !c.is_null()) {
+        return Err(OaiError::unsupported(
+            &format!("{param}.connector_id"),
+            "Connectors are not supported by this server; give a server_url.",
+        ));
+    }
+    let url = t.get("server_url").and_then(Value::as_str).ok_or_else(|| {
+        OaiError::invalid(
+            &format!("{param}.server_url"),
+            "missing_required_parameter",
+            format!("'{param}.server_url' is required."),
+        )
+    })?;
+    let mut headers = BTreeMap::new();
+    if let Some(h) = t.get("headers").filter(|h| !h.is_null()) {
+        let h = h.as_object().ok_or_else(|| {
+            OaiError::invalid(&format!("{param}.headers"), "invalid_type", "'headers' must be an object of strings.")
+        })?;
+        for (k, v) in h {
+            let v = v.as_str().ok_or_else(|| {
+                OaiError::invalid(
+                    &format!("{param}.headers"),
+                    "invalid_type",
+                    format!("header '{k}' must be a string."),
+                )
+            })?;
+            headers.insert(k.clone(), v.to_owned());
+        }
+    }
+    if let Some(a) = t.get("authorization").and_then(Value::as_str) {
+        headers.insert("Authorization".into(), format!("Bearer {a}"));
+    }
+    // Server-side `${env:VAR}` expansion is for operators' agent specs; a caller must not be
+    // able to make Stead send its own secrets to a URL the caller chose.
+    if headers.values().any(|v| v.contains("${")) {
+        return Err(OaiError::invalid(
+            &format!("{param}.headers"),
+            "invalid_value",
+            "Header values may not contain '${'.",
+        ));
+    }
+    let slug = mcp_slug(label);
+    let mut server = json!({"name": slug, "url": url});
+    if !headers.is_empty() {
+        server["headers"] = json!(headers);
+    }
+    match t.get("allowed_tools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(names)) => server["allowed_tools"] = Value::Array(names.clone()),
+        Some(Value::Object(f)) => {
+            if let Some(names) = f.get("tool_names") {
+                server["allowed_tools"] = names.clone();
+            }
+        }
+        Some(_) => {
+            return Err(OaiError::invalid(
+                &format!("{param}.allowed_tools"),
+                "invalid_type",
+                "'allowed_tools' must be a list of tool names.",
+            ));
+        }
+    }
+    // OpenAI asks before sharing data with a remote server unless told not to.
+    match t.get("require_approval") {
+        None | Some(Value::Null) => server["require_approval"] = json!("always"),
+        Some(Value::String(s)) if s == "always" || s == "never" => server["require_approval"] = json!(s),
+        Some(Value::Object(f)) => {
+            let names = |key: &str| -> Vec<String> {
+                f.get(key)
+                    .and_then(|v| v.get("tool_names"))
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default()
+            };
+            let (always, never) = (names("always"), names("never"));
+            // Tools named in neither list need approval (the safe default).
+            server["require_approval"] = json!("always");
+            let mut overrides = Map::new();
+            for n in never {
+                overrides.insert(n, json!({"require_approval": "never"}));
+            }
+            for n in always {
+                overrides.insert(n, json!({"require_approval": "always"}));
+            }
+            if !overrides.is_empty() {
+                server["tool_overrides"] = Value::Object(overrides);
+            }
+        }
+        Some(_) => {
+            return Err(OaiError::invalid(
+                &format!("{param}.require_approval"),
+                "invalid_value",
+                "'require_approval' must be 'always', 'never' or {always: {tool_names}, never: {tool_names}}.",
+            ));
+        }
+    }
+    Ok((server, McpTool { label: label.to_owned(), slug, url: url.to_owned() }))
+}
