@@ -189,11 +189,7 @@ fn full_run(session: &SessionId, n: usize) -> Vec<NewEvent> {
     );
     let key = idempotency_key(session, &run, 1, &call.id);
     vec![
-        event(
-            run,
-            &Actor::principal("bench"),
-            EventBody::run_created(vec![Message::User { content: user(n) }]),
-        ),
+        event(run, &Actor::principal("bench"), EventBody::run_created(vec![Message::User { content: user(n) }])),
         event(
             run,
             &worker,
@@ -238,11 +234,7 @@ fn answered_run(n: usize) -> Vec<NewEvent> {
     let worker = Actor::worker("history");
     let answer = format!("Account {:05} looks fine; nothing needs your attention.", n * 7919 % 100_000);
     vec![
-        event(
-            run,
-            &Actor::principal("bench"),
-            EventBody::run_created(vec![Message::User { content: user(n) }]),
-        ),
+        event(run, &Actor::principal("bench"), EventBody::run_created(vec![Message::User { content: user(n) }])),
         event(
             run,
             &worker,

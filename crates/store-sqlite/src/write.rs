@@ -350,7 +350,12 @@ pub(crate) fn append(
                         take_over_approval(conn, &tenant_id, pk, run, c)?;
                     }
                 }
-                slots.push(RunSlot { id: run, pk: None, before: None, state: RunState::created_from(seq, at, &new.body) });
+                slots.push(RunSlot {
+                    id: run,
+                    pk: None,
+                    before: None,
+                    state: RunState::created_from(seq, at, &new.body),
+                });
             }
             (body, Some(run)) => {
                 let idx = match slots.iter().position(|s| s.id == run) {

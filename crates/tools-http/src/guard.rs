@@ -140,10 +140,8 @@ impl Guard {
             return Ok(());
         }
         let port = url.port_or_known_default().unwrap_or(443);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
-            .await
-            .map_err(|e| format!("cannot resolve {bare}: {e}"))?
-            .collect();
+        let addrs: Vec<SocketAddr> =
+            tokio::net::lookup_host((bare, port)).await.map_err(|e| format!("cannot resolve {bare}: {e}"))?.collect();
         if addrs.is_empty() {
             return Err(format!("{bare} resolves to no address"));
         }
