@@ -18,7 +18,7 @@ use stead_core::ids::SessionId;
 use stead_store::SessionRecord;
 
 use crate::error::{OaiError, OaiResult, body_error};
-use crate::items::{Rendered, parse_item_id, render};
+use crate::items::{Rendered, render};
 use crate::list::{ListQuery, page};
 use crate::request::{check_metadata, parse_input};
 use crate::responses::{conversation_id, parse_conversation_id};
@@ -233,11 +233,6 @@ pub async fn list_items(
 async fn find_item(st: &OaiState, p: &Principal, conv: &str, item: &str) -> OaiResult<(SessionRecord, Rendered)> {
     let s = load(st, p, conv).await?;
     let not_found = || OaiError::new(StatusCode::NOT_FOUND, "not_found", format!("Item with id '{item}' not found."));
-    if let Some((session, _, _)) = parse_item_id(item)
-        && session != s.id
-    {
-        return Err(not_found());
-    }
     let events = all_events(st, p, &s.id).await?;
     let found = render(&s.id, &events).into_iter().find(|r| r.id() == item).ok_or_else(not_found)?;
     Ok((s, found))

@@ -1,8 +1,9 @@
 //! Items: the Responses/Conversations view of a session's log. An item is not stored on its
 //! own; it is rendered from the event that recorded it, and its id says where that is:
-//! `{prefix}_{session}{seq:012x}{index:08x}`, where `index` is `message << 12 | part` (part 0
-//! is a message's text, part k its k-th tool call). So ids are stable, globally unique, and
-//! an item can be found (and removed) without an index of its own.
+//! `{prefix}_{session}{seq:012x}{index:08x}` for input, `{prefix}_{run}{step:012x}{index:08x}`
+//! for model output, where `index` is `message << 12 | part` (part 0 is a message's text,
+//! part k its k-th tool call). So ids are stable and globally unique without an index of
+//! their own.
 
 use std::collections::HashMap;
 
@@ -39,21 +40,23 @@ impl Rendered {
 }
 
 pub fn item_id(prefix: &str, session: &SessionId, seq: u64, index: u32) -> String {
-    let s = session.to_string();
-    let hex = s.strip_prefix("sess_").unwrap_or(&s);
-    format!("{prefix}_{hex}{seq:012x}{index:08x}")
+    owned_item_id(prefix, &hex_of(session), seq, index)
 }
 
-/// The (session, seq, index) an item id points at.
-pub fn parse_item_id(id: &str) -> Option<(SessionId, u64, u32)> {
-    let (_, hex) = id.split_once('_')?;
-    if hex.len() != 52 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let session: SessionId = format!("sess_{}", &hex[..32]).parse().ok()?;
-    let seq = u64::from_str_radix(&hex[32..44], 16).ok()?;
-    let index = u32::from_str_radix(&hex[44..], 16).ok()?;
-    Some((session, seq, index))
+/// The 32 hex digits of a prefixed id.
+pub fn hex_of(id: &impl std::fmt::Display) -> String {
+    let s = id.to_string();
+    s.split_once('_').map_or(s.clone(), |(_, hex)| hex.to_owned())
+}
+
+/// Model output is named by its run and step instead of its seq, so a stream can name a
+/// message before the event that records it exists.
+pub fn output_item_id(prefix: &str, run: &RunId, step: u32, index: u32) -> String {
+    owned_item_id(prefix, &hex_of(run), u64::from(step), index)
+}
+
+fn owned_item_id(prefix: &str, owner_hex: &str, n: u64, index: u32) -> String {
+    format!("{prefix}_{owner_hex}{n:012x}{index:08x}")
 }
 
 /// `mcpr_…` names an approval request the way OpenAI names them; it is the approval's id.
@@ -117,24 +120,25 @@ pub fn render(session: &SessionId, events: &[Event]) -> Vec<Rendered> {
                     calls.insert(c.call.id.clone(), c.call.clone());
                 }
                 for (i, m) in input.iter().enumerate() {
-                    for (part, item) in message_items(session, e.seq, i, m, None) {
+                    for (part, item) in message_items(&hex_of(session), e.seq, i, m, None) {
                         push(part, Side::Input, item);
                     }
                 }
             }
             EventBody::ItemsAdded { items } => {
                 for (i, m) in items.iter().enumerate() {
-                    for (part, item) in message_items(session, e.seq, i, m, None) {
+                    for (part, item) in message_items(&hex_of(session), e.seq, i, m, None) {
                         push(part, Side::Input, item);
                     }
                 }
             }
-            EventBody::ModelResponded { content, tool_calls, .. } => {
+            EventBody::ModelResponded { step, content, tool_calls, .. } => {
                 for c in tool_calls {
                     calls.insert(c.id.clone(), c.clone());
                 }
                 let m = Message::Assistant { content: content.clone(), tool_calls: tool_calls.clone() };
-                for (part, item) in message_items(session, e.seq, 0, &m, info) {
+                let owner = run.map_or_else(|| hex_of(session), |r| hex_of(&r));
+                for (part, item) in message_items(&owner, u64::from(*step), 0, &m, info) {
                     push(part, Side::Output, item);
                 }
             }
@@ -213,14 +217,8 @@ pub fn render(session: &SessionId, events: &[Event]) -> Vec<Rendered> {
 }
 
 /// The items one message renders as: `(part index, item)`.
-fn message_items(
-    session: &SessionId,
-    seq: u64,
-    message: usize,
-    m: &Message,
-    info: Option<&RunInfo>,
-) -> Vec<(u32, Value)> {
-    let id = |prefix: &str, part: usize| item_id(prefix, session, seq, part_index(message, part));
+fn message_items(owner_hex: &str, n: u64, message: usize, m: &Message, info: Option<&RunInfo>) -> Vec<(u32, Value)> {
+    let id = |prefix: &str, part: usize| owned_item_id(prefix, owner_hex, n, part_index(message, part));
     let idx = |part: usize| part_index(message, part);
     match m {
         Message::User { content } => vec![(
@@ -283,10 +281,9 @@ mod tests {
     fn item_ids_round_trip() {
         let s = SessionId::new();
         let id = item_id("msg", &s, 123_456, part_index(3, 2));
-        assert!(id.starts_with("msg_"));
-        assert_eq!(parse_item_id(&id), Some((s, 123_456, (3 << 12) | 2)));
-        assert_eq!(parse_item_id("msg_123"), None);
-        assert_eq!(parse_item_id("nonsense"), None);
+        assert_eq!(id, format!("msg_{}{:012x}{:08x}", hex_of(&s), 123_456, (3 << 12) | 2));
+        let r = RunId::new();
+        assert_ne!(output_item_id("msg", &r, 1, 0), output_item_id("msg", &r, 2, 0));
         let a = ApprovalId::new();
         assert_eq!(parse_approval_item_id(&approval_item_id(&a)), Some(a));
         assert_eq!(parse_approval_item_id("apr_x"), None);

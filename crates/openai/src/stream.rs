@@ -24,7 +24,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 
 use crate::OaiState;
-use crate::items::{META_KEY, assistant_message, function_call, item_id, part_index};
+use crate::items::{META_KEY, assistant_message, function_call, item_id, output_item_id, part_index};
 use crate::responses::{delete_unstored, response_object, run_events};
 
 type Tx = mpsc::Sender<Result<SseEvent, Infallible>>;
@@ -198,7 +198,7 @@ impl Generator {
             return;
         }
         if self.open.as_ref().is_none_or(|o| o.step != d.step) {
-            let item_id = format!("msg_{}_{}", self.run.id.to_string().trim_start_matches("run_"), d.step);
+            let item_id = output_item_id("msg", &self.run.id, d.step, part_index(0, 0));
             let output_index = self.next_output;
             self.next_output += 1;
             self.emit(
@@ -246,7 +246,7 @@ impl Generator {
                 let text = content.clone().unwrap_or_default();
                 let open = self.open.take().filter(|o| o.step == *step);
                 if open.is_some() || !text.is_empty() {
-                    let final_id = item_id("msg", &session, e.seq, part_index(0, 0));
+                    let final_id = output_item_id("msg", &self.run.id, *step, part_index(0, 0));
                     let (stream_id, output_index) = match &open {
                         Some(o) => (o.item_id.clone(), o.output_index),
                         None => {
@@ -294,7 +294,7 @@ impl Generator {
                     if self.mcp(&c.name).is_some() {
                         continue; // shown once it runs or is asked about
                     }
-                    let id = item_id("fc", &session, e.seq, part_index(0, k + 1));
+                    let id = output_item_id("fc", &self.run.id, *step, part_index(0, k + 1));
                     let output_index = self.next_output;
                     self.next_output += 1;
                     let mut added = function_call(&id, c);
