@@ -937,4 +937,379 @@ mod tests {
             "results for calls that were never made are refused"
         );
     }
+
+    // ---- pause mode, carried calls, deletion, late expiry, session-level events ----
+
+    fn agent_pausing(mode: &str) -> AgentSpec {
+        AgentSpec::parse(
+            &format!(
+                "name: a\nmodel: {{provider: scripted, name: s}}\ntools:\n  - {{name: clock, type: builtin}}\n  - {{name: ask, type: client}}\nlimits: {{max_steps: 3, max_wall_time_secs: 60}}\npause: {mode}\n"
+            ),
+            SpecFormat::Yaml,
+        )
+        .unwrap()
+    }
+
+    fn completed(call_id: &str, name: &str, output: &str) -> EventBody {
+        EventBody::ToolCallCompleted {
+            call_id: call_id.into(),
+            name: name.into(),
+            output: output.into(),
+            is_error: false,
+        }
+    }
+
+    fn carrying(calls: &[(ToolCall, ApprovalId)], agent: Option<AgentRef>) -> EventBody {
+        let from_run = crate::ids::RunId::new();
+        EventBody::RunCreated {
+            input: vec![Message::User { content: "go on".into() }],
+            agent,
+            carried: calls
+                .iter()
+                .map(|(call, id)| crate::event::CarriedCall { from_run, call: call.clone(), approval_id: *id })
+                .collect(),
+            metadata: serde_json::json!({"from": "test"}),
+        }
+    }
+
+    #[test]
+    fn pause_mode_parses_with_hold_as_the_default() {
+        assert_eq!(agent().pause, PauseMode::Hold);
+        assert_eq!(agent_pausing("hold").pause, PauseMode::Hold);
+        assert_eq!(agent_pausing("complete").pause, PauseMode::Complete);
+        assert!(
+            AgentSpec::parse("name: a\nmodel: {provider: scripted, name: s}\npause: later\n", SpecFormat::Yaml)
+                .is_err(),
+            "an unknown pause mode is refused"
+        );
+    }
+
+    #[test]
+    fn pause_complete_finishes_where_hold_waits_for_the_client() {
+        let (hold, complete) = (agent_pausing("hold"), agent_pausing("complete"));
+        let mut r = RunState::created(2, T0);
+        r.apply(T0, &responded(vec![call("c1", "ask"), call("c2", "clock")], Some("one moment"))).unwrap();
+        // Server tools still run first in both modes.
+        let run_clock = Decision::RunTools { calls: vec![call("c2", "clock")], to_start: vec![call("c2", "clock")] };
+        assert_eq!(decide(&hold, &r, T0, &classes), run_clock);
+        assert_eq!(decide(&complete, &r, T0, &classes), run_clock);
+        r.apply(T0, &started("c2")).unwrap();
+        r.apply(T0, &completed("c2", "clock", "noon")).unwrap();
+        assert_eq!(decide(&hold, &r, T0, &classes), Decision::AwaitClient { calls: vec![call("c1", "ask")] });
+        assert_eq!(
+            decide(&complete, &r, T0, &classes),
+            Decision::Finish { output: Some("one moment".into()) },
+            "complete: the run ends with the client's call open"
+        );
+        // The run can indeed end with the call still pending; it stays in the state.
+        let mut ended = r.clone();
+        ended.apply(T0, &EventBody::RunCompleted { output: Some("one moment".into()) }).unwrap();
+        assert_eq!(ended.status, RunStatus::Completed);
+        assert_eq!(ended.pending.iter().map(|p| p.call.id.as_str()).collect::<Vec<_>>(), vec!["c1"]);
+        assert_eq!(decide(&complete, &ended, T0, &classes), Decision::Idle);
+    }
+
+    #[test]
+    fn pause_complete_finishes_where_hold_waits_for_a_tool_call_approval() {
+        let (hold, complete) = (agent_pausing("hold"), agent_pausing("complete"));
+        let mut r = RunState::created(2, T0);
+        r.apply(T0, &responded(vec![call("c1", "pay")], None)).unwrap();
+        // The question is asked (recorded) before anything else, in both modes.
+        for a in [&hold, &complete] {
+            let Decision::RequestApprovals { requests } = decide(a, &r, T0, &classes) else { panic!("must ask first") };
+            assert_eq!((requests.len(), requests[0].kind), (1, ApprovalKind::ToolCall));
+        }
+        let id = ApprovalId::new();
+        r.apply(T0, &requested(id, "c1", ApprovalKind::ToolCall)).unwrap();
+        assert_eq!(decide(&hold, &r, T0, &classes), Decision::AwaitApproval { approval_ids: vec![id] });
+        assert_eq!(decide(&complete, &r, T0, &classes), Decision::Finish { output: None });
+        // A client call and an approval together: complete still finishes, hold waits for the person.
+        let mut both = RunState::created(2, T0);
+        both.apply(T0, &responded(vec![call("c1", "pay"), call("c2", "ask")], Some("both"))).unwrap();
+        both.apply(T0, &requested(id, "c1", ApprovalKind::ToolCall)).unwrap();
+        assert_eq!(decide(&hold, &both, T0, &classes), Decision::AwaitApproval { approval_ids: vec![id] });
+        assert_eq!(decide(&complete, &both, T0, &classes), Decision::Finish { output: Some("both".into()) });
+    }
+
+    #[test]
+    fn pause_complete_still_waits_on_an_unknown_outcome() {
+        let complete = agent_pausing("complete");
+        let mut r = RunState::created(2, T0);
+        r.apply(T0, &responded(vec![call("c1", "charge")], None)).unwrap();
+        r.apply(T0, &started("c1")).unwrap();
+        let Decision::RequestApprovals { requests } = decide(&complete, &r, T0, &classes) else { panic!() };
+        assert_eq!(requests[0].kind, ApprovalKind::OutcomeUnknown);
+        let id = ApprovalId::new();
+        r.apply(T0, &requested(id, "c1", ApprovalKind::OutcomeUnknown)).unwrap();
+        assert_eq!(
+            decide(&complete, &r, T0, &classes),
+            Decision::AwaitApproval { approval_ids: vec![id] },
+            "an unknown outcome is settled in its own run, never handed on"
+        );
+        // Even alongside a tool-call approval that alone would end the run.
+        let mut mixed = RunState::created(2, T0);
+        mixed.apply(T0, &responded(vec![call("c1", "charge"), call("c2", "pay")], None)).unwrap();
+        mixed.apply(T0, &started("c1")).unwrap();
+        let (unknown, question) = (ApprovalId::new(), ApprovalId::new());
+        mixed.apply(T0, &requested(unknown, "c1", ApprovalKind::OutcomeUnknown)).unwrap();
+        mixed.apply(T0, &requested(question, "c2", ApprovalKind::ToolCall)).unwrap();
+        assert_eq!(
+            decide(&complete, &mixed, T0, &classes),
+            Decision::AwaitApproval { approval_ids: vec![unknown, question] }
+        );
+    }
+
+    #[test]
+    fn created_from_takes_over_carried_calls_and_the_agent() {
+        let id = ApprovalId::new();
+        let pay = ToolCall { id: "c1".into(), name: "pay".into(), arguments: r#"{"amount": 3}"#.into() };
+        let other = AgentRef { name: "b".into(), version: 7 };
+        let r = RunState::created_from(9, T0, &carrying(&[(pay.clone(), id)], Some(other.clone())));
+        assert_eq!((r.created_seq, r.created_at, r.steps), (9, T0, 0));
+        assert_eq!(r.status, RunStatus::AwaitingApproval, "nothing to do until the carried approval is decided");
+        assert_eq!(r.agent, Some(other));
+        assert!(r.needs_model && !r.deleted);
+        assert_eq!(r.pending.len(), 1);
+        let p = &r.pending[0];
+        assert_eq!(p.call, pay);
+        assert!(p.idempotency_key.is_none() && !p.awaiting_client && p.approved_arguments.is_none());
+        let a = p.approval.as_ref().unwrap();
+        assert_eq!((a.id, a.kind, a.decision), (id, ApprovalKind::ToolCall, None));
+        for mode in ["hold", "complete"] {
+            assert_eq!(
+                decide(&agent_pausing(mode), &r, T0, &classes),
+                Decision::Idle,
+                "{mode}: waits, holds no worker"
+            );
+        }
+        // Nothing can skip the decision.
+        assert!(r.clone().apply(T0, &started("c1")).is_err(), "no start before the carried approval is decided");
+        assert!(r.clone().apply(T0, &responded(vec![], Some("x"))).is_err(), "no model call while calls are pending");
+
+        // Without carried calls: the plain created state, agent or not.
+        let plain = RunState::created_from(9, T0, &EventBody::run_created(vec![Message::User { content: "x".into() }]));
+        assert_eq!(plain, RunState::created(9, T0));
+        let other_agent =
+            RunState::created_from(9, T0, &carrying(&[], Some(AgentRef { name: "b".into(), version: 1 })));
+        assert_eq!(other_agent.status, RunStatus::Queued);
+        assert!(other_agent.pending.is_empty());
+        assert_eq!(other_agent.agent.as_ref().map(|a| a.version), Some(1));
+        assert_eq!(RunState::created_from(9, T0, &EventBody::RunDeleted {}), RunState::created(9, T0));
+    }
+
+    #[test]
+    fn carried_calls_run_or_are_answered_once_decided() {
+        let id = ApprovalId::new();
+        let pay = call("c1", "pay");
+        let carried = RunState::created_from(9, T0, &carrying(&[(pay.clone(), id)], None));
+        for mode in ["hold", "complete"] {
+            let a = agent_pausing(mode);
+            // Approved: the call runs in this run (even where `complete` would end a waiting run).
+            let mut r = carried.clone();
+            r.apply(T0, &decided(id, "c1", ApprovalDecision::Approve)).unwrap();
+            assert_eq!(r.status, RunStatus::Queued, "decided: claimable");
+            assert_eq!(
+                decide(&a, &r, T0, &classes),
+                Decision::RunTools { calls: vec![pay.clone()], to_start: vec![pay.clone()] }
+            );
+            r.apply(T0, &started("c1")).unwrap();
+            r.apply(T0, &completed("c1", "pay", "paid")).unwrap();
+            assert!(r.pending.is_empty());
+            assert_eq!(
+                decide(&a, &r, T0, &classes),
+                Decision::CallModel { step: 1 },
+                "{mode}: then the model hears it"
+            );
+
+            // Denied: the model is told; nothing runs.
+            let mut r = carried.clone();
+            r.apply(T0, &decided(id, "c1", ApprovalDecision::Deny)).unwrap();
+            assert!(r.clone().apply(T0, &started("c1")).is_err(), "a denied call never starts");
+            let Decision::RecordResults { results } = decide(&a, &r, T0, &classes) else { panic!("{mode}") };
+            assert_eq!(results.len(), 1);
+            assert_eq!(results[0].0, pay);
+            assert!(results[0].2 && results[0].1.contains("denied by principal:boss: because"), "{results:?}");
+            r.apply(T0, &completed("c1", "pay", &results[0].1)).unwrap();
+            assert_eq!(decide(&a, &r, T0, &classes), Decision::CallModel { step: 1 });
+
+            // Expired: the model is told it expired.
+            let mut r = carried.clone();
+            r.apply(T0, &decided(id, "c1", ApprovalDecision::Expire)).unwrap();
+            let Decision::RecordResults { results } = decide(&a, &r, T0, &classes) else { panic!("{mode}") };
+            assert!(results[0].2 && results[0].1.contains("expired"), "{results:?}");
+        }
+        // Edited arguments are what runs.
+        let mut r = carried.clone();
+        r.apply(
+            T0,
+            &EventBody::ApprovalDecided {
+                approval_id: id,
+                call_id: "c1".into(),
+                decision: ApprovalDecision::Approve,
+                decided_by: "principal:boss".into(),
+                reason: None,
+                arguments: Some(r#"{"amount": 1}"#.into()),
+                output: None,
+            },
+        )
+        .unwrap();
+        let Decision::RunTools { calls, .. } = decide(&agent(), &r, T0, &classes) else { panic!() };
+        assert_eq!(calls[0].arguments, r#"{"amount": 1}"#);
+        // A carried tool-call approval is not answered with an unknown-outcome decision, nor twice.
+        let mut r = carried.clone();
+        assert!(r.apply(T0, &decided(id, "c1", ApprovalDecision::Retry)).is_err());
+        assert!(r.apply(T0, &decided(ApprovalId::new(), "c1", ApprovalDecision::Approve)).is_err(), "another id");
+        r.apply(T0, &decided(id, "c1", ApprovalDecision::Approve)).unwrap();
+        assert!(r.apply(T0, &decided(id, "c1", ApprovalDecision::Deny)).is_err(), "decisions are single-use");
+    }
+
+    #[test]
+    fn a_run_carrying_two_calls_waits_for_both_decisions() {
+        let (i1, i2) = (ApprovalId::new(), ApprovalId::new());
+        let mut r = RunState::created_from(9, T0, &carrying(&[(call("c1", "pay"), i1), (call("c2", "pay"), i2)], None));
+        assert_eq!(r.status, RunStatus::AwaitingApproval);
+        r.apply(T0, &decided(i1, "c1", ApprovalDecision::Approve)).unwrap();
+        assert_eq!(r.status, RunStatus::AwaitingApproval, "c2 is still open");
+        assert_eq!(decide(&agent(), &r, T0, &classes), Decision::Idle);
+        r.apply(T0, &decided(i2, "c2", ApprovalDecision::Deny)).unwrap();
+        assert_eq!(r.status, RunStatus::Queued);
+        // The denial is recorded before the approved call runs.
+        let Decision::RecordResults { results } = decide(&agent(), &r, T0, &classes) else { panic!() };
+        assert_eq!(results.iter().map(|x| x.0.id.as_str()).collect::<Vec<_>>(), vec!["c2"]);
+    }
+
+    fn finished(ending: EventBody) -> RunState {
+        let mut r = RunState::created(2, T0);
+        r.apply(T0, &responded(vec![], Some("hi"))).unwrap();
+        r.apply(T0.plus(std::time::Duration::from_secs(1)), &ending).unwrap();
+        r
+    }
+
+    fn endings() -> [EventBody; 3] {
+        [
+            EventBody::RunCompleted { output: Some("hi".into()) },
+            EventBody::RunFailed { error: ErrorInfo::new("boom", "broke") },
+            EventBody::RunCancelled { reason: "stop".into() },
+        ]
+    }
+
+    #[test]
+    fn only_a_finished_run_can_be_deleted() {
+        let mut queued = RunState::created(2, T0);
+        let mut running = RunState::created(2, T0);
+        running.apply(T0, &responded(vec![call("c1", "clock")], None)).unwrap();
+        let mut client = RunState::created(2, T0);
+        client.apply(T0, &responded(vec![call("c1", "ask")], None)).unwrap();
+        client.apply(T0, &EventBody::RunRequiresAction { tool_calls: vec![call("c1", "ask")] }).unwrap();
+        let mut approval = RunState::created(2, T0);
+        approval.apply(T0, &responded(vec![call("c1", "pay")], None)).unwrap();
+        let id = ApprovalId::new();
+        approval.apply(T0, &requested(id, "c1", ApprovalKind::ToolCall)).unwrap();
+        approval.apply(T0, &EventBody::RunAwaitingApproval { approval_ids: vec![id] }).unwrap();
+        let mut carried = RunState::created_from(2, T0, &carrying(&[(call("c1", "pay"), id)], None));
+        for r in [&mut queued, &mut running, &mut client, &mut approval, &mut carried] {
+            let before = r.clone();
+            let err = r.apply(T0, &EventBody::RunDeleted {}).unwrap_err();
+            assert!(err.contains("finished"), "{err}");
+            assert_eq!(*r, before, "a refused delete changes nothing ({:?})", before.status);
+        }
+        for ending in endings() {
+            let mut r = finished(ending);
+            let before = r.clone();
+            r.apply(T0.plus(std::time::Duration::from_secs(5)), &EventBody::RunDeleted {}).unwrap();
+            assert!(r.deleted);
+            assert_eq!(RunState { deleted: false, ..r.clone() }, before, "deleting changes nothing else");
+            // Deleted is still finished: no events but closing ones.
+            assert!(r.apply(T0, &EventBody::RunCancelRequested { reason: "x".into() }).is_err());
+            assert!(r.apply(T0, &EventBody::RunCompleted { output: None }).is_err());
+            assert_eq!(decide(&agent(), &r, T0, &classes), Decision::Idle);
+        }
+    }
+
+    #[test]
+    fn expire_closes_an_approval_a_finished_run_left_open() {
+        let complete = agent_pausing("complete");
+        let id = ApprovalId::new();
+        let later = T0.plus(std::time::Duration::from_secs(30));
+        let open_ended = |ending: EventBody| {
+            let mut r = RunState::created(2, T0);
+            r.apply(T0, &responded(vec![call("c1", "pay")], Some("asking"))).unwrap();
+            r.apply(T0, &requested(id, "c1", ApprovalKind::ToolCall)).unwrap();
+            r.apply(T0.plus(std::time::Duration::from_secs(1)), &ending).unwrap();
+            r
+        };
+        // How `complete` ends such a run.
+        let mut r = RunState::created(2, T0);
+        r.apply(T0, &responded(vec![call("c1", "pay")], Some("asking"))).unwrap();
+        r.apply(T0, &requested(id, "c1", ApprovalKind::ToolCall)).unwrap();
+        assert_eq!(decide(&complete, &r, T0, &classes), Decision::Finish { output: Some("asking".into()) });
+
+        for ending in endings() {
+            let mut r = open_ended(ending);
+            let status = r.status;
+            let before = r.clone();
+            for refused in [ApprovalDecision::Approve, ApprovalDecision::Deny] {
+                assert!(r.apply(later, &decided(id, "c1", refused)).is_err(), "{status:?}: {refused:?} after the end");
+            }
+            assert!(
+                r.apply(later, &decided(ApprovalId::new(), "c1", ApprovalDecision::Expire)).is_err(),
+                "an approval the run never asked"
+            );
+            assert!(r.apply(later, &decided(id, "c9", ApprovalDecision::Expire)).is_err(), "a call the run never made");
+            assert_eq!(r, before, "refused decisions change nothing");
+
+            r.apply(later, &decided(id, "c1", ApprovalDecision::Expire)).unwrap();
+            assert_eq!(r.status, status, "the run stays {status:?}");
+            assert_eq!(r.finished_at, before.finished_at);
+            assert_eq!((&r.output, &r.error), (&before.output, &before.error));
+            let a = r.pending[0].approval.as_ref().unwrap();
+            assert_eq!(a.decision, Some(ApprovalDecision::Expire));
+            assert!(r.apply(later, &decided(id, "c1", ApprovalDecision::Expire)).is_err(), "expires once");
+
+            // Everything else is still refused on the finished run.
+            for late in [
+                responded(vec![], Some("more")),
+                started("c1"),
+                completed("c1", "pay", "paid"),
+                EventBody::RunRequiresAction { tool_calls: vec![call("c1", "pay")] },
+                EventBody::RunAwaitingApproval { approval_ids: vec![id] },
+                EventBody::RunCancelRequested { reason: "late".into() },
+                EventBody::RunCompleted { output: None },
+                EventBody::RunFailed { error: ErrorInfo::new("late", "late") },
+                EventBody::RunCancelled { reason: "late".into() },
+                requested(ApprovalId::new(), "c1", ApprovalKind::OutcomeUnknown),
+            ] {
+                let before = r.clone();
+                assert!(r.apply(later, &late).is_err(), "{status:?} refuses {}", late.kind());
+                assert_eq!(r, before);
+            }
+            assert_eq!(decide(&complete, &r, later, &classes), Decision::Idle);
+        }
+    }
+
+    #[test]
+    fn session_level_events_are_refused_by_a_run() {
+        let session_level = [
+            EventBody::SessionCreated { agent: "a".into(), agent_version: 1, metadata: serde_json::Value::Null },
+            EventBody::ItemsAdded { items: vec![Message::User { content: "hi".into() }] },
+            EventBody::ItemRemoved { seq: 2, index: 0 },
+            EventBody::SessionUpdated { metadata: serde_json::json!({"k": "v"}) },
+            EventBody::run_created(vec![Message::User { content: "again".into() }]),
+        ];
+        let mut active = RunState::created(2, T0);
+        active.apply(T0, &responded(vec![call("c1", "clock")], None)).unwrap();
+        let runs = [RunState::created(2, T0), active, finished(EventBody::RunCompleted { output: None })];
+        for mut r in runs {
+            for body in &session_level {
+                let before = r.clone();
+                assert!(r.apply(T0, body).is_err(), "{:?} refuses {}", before.status, body.kind());
+                assert_eq!(r, before);
+            }
+        }
+        for body in &session_level[..4] {
+            assert!(body.is_session_level(), "{}", body.kind());
+        }
+        assert!(!session_level[4].is_session_level());
+        assert!(!EventBody::RunDeleted {}.is_session_level());
+    }
 }

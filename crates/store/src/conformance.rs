@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use stead_core::agent::{AgentSpec, SpecFormat};
-use stead_core::event::{Actor, ApprovalDecision, ApprovalKind, ChainVerifier, ErrorInfo, Event, EventBody, NewEvent};
+use stead_core::event::{
+    Actor, AgentRef, ApprovalDecision, ApprovalKind, CarriedCall, ChainVerifier, ErrorInfo, Event, EventBody, NewEvent,
+};
 use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::message::{Message, ToolCall, Usage};
 use stead_core::run::{RunState, RunStatus};
@@ -110,6 +112,12 @@ macro_rules! __conformance_cases {
             due_approvals_are_pending_expired_and_soonest_first,
             runs_awaiting_approval_hold_no_lease_block_and_resume,
             deleting_a_session_removes_its_approvals,
+            session_level_events_belong_to_no_run,
+            runs_keep_the_agent_they_were_created_with,
+            carried_approvals_move_to_the_run_that_takes_them_over,
+            only_open_tool_call_approvals_of_completed_runs_move,
+            only_finished_runs_are_deleted,
+            added_items_are_in_the_message_window,
         );
     };
 }
@@ -1765,4 +1773,613 @@ pub async fn deleting_a_session_removes_its_approvals(make: &impl MakeStore) {
     let due = store.due_approvals(Timestamp::now(), 10).await.expect("due");
     assert_eq!(due.iter().map(|a| a.id).collect::<Vec<_>>(), vec![kept], "nothing of it is left to expire");
     assert_eq!(snapshot(store, &t, keep).await, kept_before, "other sessions are untouched");
+}
+
+// ---------------------------------------------------------------------------------------
+// Session-level events, per-run agents, calls carried from one run to the next, deletion.
+
+/// An event of the session itself (no run).
+fn session_event(body: EventBody) -> NewEvent {
+    NewEvent { run_id: None, actor: Actor::principal("alice"), body }
+}
+
+/// The call `ask` asked about (same name and arguments as its approval).
+fn asked_call(call_id: &str) -> ToolCall {
+    ToolCall { id: call_id.into(), name: "pay".into(), arguments: format!("{{\"call\":\"{call_id}\"}}") }
+}
+
+/// A run that takes over `calls` (call id, approval id) from `from`.
+fn carrying(run: RunId, from: RunId, calls: &[(&str, ApprovalId)]) -> NewEvent {
+    NewEvent {
+        run_id: Some(run),
+        actor: Actor::principal("alice"),
+        body: EventBody::RunCreated {
+            input: vec![Message::User { content: "go on".into() }],
+            agent: None,
+            carried: calls
+                .iter()
+                .map(|(call_id, id)| CarriedCall { from_run: from, call: asked_call(call_id), approval_id: *id })
+                .collect(),
+            metadata: serde_json::Value::Null,
+        },
+    }
+}
+
+/// `ItemsAdded`, `ItemRemoved` and `SessionUpdated` are appended without a run: stored as
+/// sent, the metadata projected into the session, no run touched. With a run id they are
+/// refused, as is a run's event without one; a refused batch leaves the metadata as it was.
+pub async fn session_level_events_belong_to_no_run(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = &*fx.store;
+    let t = tenant_a();
+    let s = new_session(store, &t).await.id;
+    let run = RunId::new();
+    push(store, &t, s, vec![run_created(run, "hi"), responded(run, vec![call("c1", "clock")], None)]).await;
+    let run_before = store.get_run(&t, &run).await.expect("get run");
+
+    let mut commits = store.subscribe();
+    let items = vec![
+        Message::User { content: "a note".into() },
+        Message::Assistant { content: Some("noted".into()), tool_calls: vec![] },
+    ];
+    let added = push(store, &t, s, vec![session_event(EventBody::ItemsAdded { items: items.clone() })]).await;
+    assert_eq!(added.len(), 1);
+    assert_eq!((added[0].run_id, &added[0].body), (None, &EventBody::ItemsAdded { items }));
+    let edits = vec![
+        session_event(EventBody::ItemRemoved { seq: added[0].seq, index: 1 }),
+        session_event(EventBody::SessionUpdated { metadata: json!({"k": "v2", "n": [1, 2]}) }),
+    ];
+    let sent: Vec<EventBody> = edits.iter().map(|e| e.body.clone()).collect();
+    let got = push(store, &t, s, edits).await;
+    assert_eq!(
+        got.iter().map(|e| (e.run_id, e.body.clone())).collect::<Vec<_>>(),
+        vec![(None, sent[0].clone()), (None, sent[1].clone())]
+    );
+    let session = store.get_session(&t, &s).await.expect("get session");
+    assert_eq!(session.metadata, json!({"k": "v2", "n": [1, 2]}), "session_updated replaces the metadata");
+    assert_eq!(session.head_seq, got[1].seq);
+    let log = verified_log(store, &t, s).await;
+    assert_eq!(&log[log.len() - 3..], &[added[0].clone(), got[0].clone(), got[1].clone()], "read back as appended");
+    assert_eq!(store.get_run(&t, &run).await.expect("get run").state, run_before.state, "no run is touched");
+    for _ in 0..2 {
+        let c = tokio::time::timeout(Duration::from_secs(5), commits.recv()).await.expect("published").expect("recv");
+        assert!(c.runs.is_empty() && !c.wakes_workers(), "a session-level commit changes no run: {:?}", c.runs);
+    }
+
+    // Session-level events naming a run, and run events naming none, are refused.
+    let before = snapshot(store, &t, s).await;
+    let session_level = [
+        EventBody::ItemsAdded { items: vec![Message::User { content: "x".into() }] },
+        EventBody::ItemRemoved { seq: added[0].seq, index: 0 },
+        EventBody::SessionUpdated { metadata: json!({"k": "hijacked"}) },
+    ];
+    for body in &session_level {
+        assert_invalid(
+            try_push(store, &t, s, vec![on(run, body.clone())], None).await,
+            run,
+            &format!("`{}` naming a run", body.kind()),
+        );
+        let fresh = RunId::new();
+        assert_invalid(
+            try_push(store, &t, s, vec![run_created(fresh, "new"), on(fresh, body.clone())], None).await,
+            fresh,
+            &format!("`{}` naming a run created in the same batch", body.kind()),
+        );
+        assert_not_found(store.get_run(&t, &fresh).await, "the refused batch's run");
+    }
+    let run_level = [
+        EventBody::run_created(vec![Message::User { content: "no id".into() }]),
+        EventBody::ModelResponded {
+            step: 1,
+            model: "m".into(),
+            content: None,
+            tool_calls: vec![],
+            usage: Usage::default(),
+            finish_reason: "stop".into(),
+        },
+        EventBody::ToolCallCompleted {
+            call_id: "c1".into(),
+            name: "clock".into(),
+            output: "x".into(),
+            is_error: false,
+        },
+        EventBody::RunCancelRequested { reason: "x".into() },
+        EventBody::RunCompleted { output: None },
+        EventBody::RunDeleted {},
+    ];
+    for body in run_level {
+        let kind = body.kind();
+        let r = try_push(store, &t, s, vec![session_event(body)], None).await;
+        assert!(r.is_err(), "`{kind}` without a run is refused: {r:?}");
+    }
+    // A refused batch undoes the metadata update it started with.
+    let unknown = RunId::new();
+    assert_invalid(
+        try_push(
+            store,
+            &t,
+            s,
+            vec![
+                session_event(EventBody::SessionUpdated { metadata: json!({"k": "lost"}) }),
+                session_event(EventBody::ItemsAdded { items: vec![Message::User { content: "lost".into() }] }),
+                responded(unknown, vec![], None),
+            ],
+            None,
+        )
+        .await,
+        unknown,
+        "a batch whose last event is bad",
+    );
+    assert_eq!(snapshot(store, &t, s).await, before, "refused session-level events wrote nothing");
+    assert_eq!(store.get_session(&t, &s).await.expect("get").metadata, json!({"k": "v2", "n": [1, 2]}));
+    // Another session's metadata is its own.
+    let other = new_session(store, &t).await.id;
+    push(store, &t, other, vec![session_event(EventBody::SessionUpdated { metadata: json!(null) })]).await;
+    assert_eq!(store.get_session(&t, &other).await.expect("get").metadata, json!(null));
+    assert_eq!(store.get_session(&t, &s).await.expect("get").metadata, json!({"k": "v2", "n": [1, 2]}));
+    verified_log(store, &t, s).await;
+}
+
+/// A run created with its own agent version and metadata keeps them: the event reads back as
+/// sent and the run's state names the agent.
+pub async fn runs_keep_the_agent_they_were_created_with(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = &*fx.store;
+    let t = tenant_a();
+    let s = new_session(store, &t).await.id;
+    let (plain, other) = (RunId::new(), RunId::new());
+    let agent = AgentRef { name: "reviewer".into(), version: 3 };
+    let body = EventBody::RunCreated {
+        input: vec![
+            Message::System { content: "be brief".into() },
+            Message::User { content: "hello".into() },
+            Message::Tool { call_id: "c0".into(), name: "ask".into(), content: "yes".into(), is_error: false },
+        ],
+        agent: Some(agent.clone()),
+        carried: vec![],
+        metadata: json!({"temperature": 0.5, "store": true}),
+    };
+    let got = push(
+        store,
+        &t,
+        s,
+        vec![
+            run_created(plain, "plain"),
+            NewEvent { run_id: Some(other), actor: Actor::principal("alice"), body: body.clone() },
+        ],
+    )
+    .await;
+    assert_eq!(got[1].body, body, "agent, input and metadata are kept");
+    let record = store.get_run(&t, &other).await.expect("get run");
+    assert_eq!(record.state.agent, Some(agent));
+    assert_eq!(record.status(), RunStatus::Queued);
+    assert_eq!(record.state, RunState::created_from(got[1].seq, got[1].at, &body));
+    assert_eq!(store.get_run(&t, &plain).await.expect("get run").state.agent, None, "the session's agent by default");
+    push(store, &t, s, vec![responded(other, vec![], Some("hi"))]).await;
+    assert_eq!(
+        store.get_run(&t, &other).await.expect("get run").state.agent.map(|a| a.version),
+        Some(3),
+        "later events keep the agent"
+    );
+    assert_eq!(read_back(store, &t, s, got[1].seq).await.body, body);
+}
+
+async fn read_back(store: &dyn Store, tenant: &TenantId, session: SessionId, seq: u64) -> Event {
+    store.read_events(tenant, &session, seq - 1, 1).await.expect("read").pop().expect("the event")
+}
+
+/// A run that ended (completed) with open tool-call approvals hands them to a later run of
+/// its session: the approval row then belongs to the new run, which can decide it (also in
+/// the same append). Each approval moves once; a refused batch moves nothing.
+pub async fn carried_approvals_move_to_the_run_that_takes_them_over(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = &*fx.store;
+    let t = tenant_a();
+    let s = new_session(store, &t).await.id;
+    let a = RunId::new();
+    let ids: Vec<ApprovalId> = (0..4).map(|_| ApprovalId::new()).collect();
+    let calls: Vec<ToolCall> = (1..=4).map(|i| asked_call(&format!("c{i}"))).collect();
+    let mut events = vec![run_created(a, "pay four"), responded(a, calls, Some("asking"))];
+    events.extend(ids.iter().enumerate().map(|(i, id)| ask(a, *id, &format!("c{}", i + 1))));
+    events.push(run_completed(a, "asking"));
+    push(store, &t, s, events).await;
+    let a_done = store.get_run(&t, &a).await.expect("get run");
+    assert_eq!(a_done.status(), RunStatus::Completed);
+    let asked = approvals_match_log(store, &t, s, &ids).await;
+    assert!(asked.iter().all(|x| x.run_id == a && x.decision.is_none()));
+
+    // B takes over c1 and approves it in the same append.
+    let b = RunId::new();
+    let got = push(
+        store,
+        &t,
+        s,
+        vec![carrying(b, a, &[("c1", ids[0])]), decided(b, ids[0], "c1", ApprovalDecision::Approve)],
+    )
+    .await;
+    let moved = store.get_approval(&t, &ids[0]).await.expect("get approval");
+    let want = ApprovalRecord {
+        run_id: b,
+        decision: Some(ApprovalDecision::Approve),
+        decided_by: Some("principal:bob".into()),
+        decided_at: Some(got[1].at),
+        ..asked[0].clone()
+    };
+    assert_eq!(moved, want, "the approval now belongs to B, decided; the question is unchanged");
+    let b_state = store.get_run(&t, &b).await.expect("get run").state;
+    assert_eq!(b_state.status, RunStatus::Queued, "decided with its creation: claimable");
+    assert_eq!(b_state.pending.len(), 1);
+    assert_eq!(b_state.pending[0].call, asked_call("c1"));
+    assert_eq!(
+        b_state.pending[0].approval.as_ref().map(|x| (x.id, x.decision)),
+        Some((ids[0], Some(ApprovalDecision::Approve)))
+    );
+    assert_eq!(store.get_run(&t, &a).await.expect("get run"), a_done, "the run it came from is unchanged");
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        assert_eq!(store.get_approval(&t, id).await.expect("get"), asked[i], "the other approvals stay with A");
+    }
+    // B is the oldest unfinished run and claimable.
+    let claims = store.claim_runs("w", LONG, 10).await.expect("claim");
+    assert_eq!(claims.iter().map(|c| c.run.id).collect::<Vec<_>>(), vec![b]);
+    try_push(
+        store,
+        &t,
+        s,
+        vec![
+            tool_started(b, "c1", "pay"),
+            tool_completed(b, "c1", "pay", "paid"),
+            responded(b, vec![], Some("done")),
+            run_completed(b, "done"),
+        ],
+        fence(b, claims[0].token),
+    )
+    .await
+    .expect("B runs the call it took over");
+
+    // Carried a second time: refused whole, even from the run that took it (B completed too).
+    let before = snapshot(store, &t, s).await;
+    let c = RunId::new();
+    assert_invalid(try_push(store, &t, s, vec![carrying(c, a, &[("c1", ids[0])])], None).await, c, "carrying c1 again");
+    assert_invalid(
+        try_push(store, &t, s, vec![carrying(c, b, &[("c1", ids[0])])], None).await,
+        c,
+        "carrying the decided c1 on from B",
+    );
+    assert_not_found(store.get_run(&t, &c).await, "the refused run");
+    assert_eq!(snapshot(store, &t, s).await, before, "refused carries wrote nothing");
+
+    // D takes c2 over without deciding it: D waits for the decision, holding no worker.
+    let d = RunId::new();
+    push(store, &t, s, vec![carrying(d, a, &[("c2", ids[1])])]).await;
+    let d_rec = store.get_run(&t, &d).await.expect("get run");
+    assert_eq!(d_rec.status(), RunStatus::AwaitingApproval);
+    assert_eq!(d_rec.lease, None);
+    assert_eq!(store.get_approval(&t, &ids[1]).await.expect("get"), ApprovalRecord { run_id: d, ..asked[1].clone() });
+    assert!(store.claim_runs("w", LONG, 10).await.expect("claim").is_empty(), "D waits for a person");
+    let before = snapshot(store, &t, s).await;
+    let e = RunId::new();
+    assert_invalid(
+        try_push(store, &t, s, vec![carrying(e, a, &[("c2", ids[1])])], None).await,
+        e,
+        "an undecided approval another run already took over",
+    );
+    assert_invalid(
+        try_push(store, &t, s, vec![decided(a, ids[1], "c2", ApprovalDecision::Expire)], None).await,
+        a,
+        "expiring a moved approval through the run it came from",
+    );
+    assert_eq!(snapshot(store, &t, s).await, before);
+    push(store, &t, s, vec![decided(d, ids[1], "c2", ApprovalDecision::Deny)]).await;
+    assert_eq!(store.get_run(&t, &d).await.expect("get run").status(), RunStatus::Queued);
+    let d_claim = store.claim_runs("w", LONG, 10).await.expect("claim");
+    assert_eq!(d_claim.iter().map(|c| c.run.id).collect::<Vec<_>>(), vec![d]);
+    try_push(
+        store,
+        &t,
+        s,
+        vec![
+            on(
+                d,
+                EventBody::ToolCallCompleted {
+                    call_id: "c2".into(),
+                    name: "pay".into(),
+                    output: "denied".into(),
+                    is_error: true,
+                },
+            ),
+            responded(d, vec![], Some("ok")),
+            run_completed(d, "ok"),
+        ],
+        fence(d, d_claim[0].token),
+    )
+    .await
+    .expect("D finishes");
+
+    // c3: a refused batch moves nothing, nor does a list naming it twice or two runs taking it.
+    let before = snapshot(store, &t, s).await;
+    let f = RunId::new();
+    let unknown = RunId::new();
+    assert_invalid(
+        try_push(store, &t, s, vec![carrying(f, a, &[("c3", ids[2])]), responded(unknown, vec![], None)], None).await,
+        unknown,
+        "a carry in a batch with a bad event",
+    );
+    assert_invalid(
+        try_push(store, &t, s, vec![carrying(f, a, &[("c3", ids[2]), ("c3", ids[2])])], None).await,
+        f,
+        "one approval carried twice by one run",
+    );
+    let g = RunId::new();
+    assert_invalid(
+        try_push(store, &t, s, vec![carrying(f, a, &[("c3", ids[2])]), carrying(g, a, &[("c3", ids[2])])], None).await,
+        g,
+        "two runs of one batch taking one approval",
+    );
+    assert_invalid(
+        try_push(store, &t, s, vec![carrying(f, a, &[("c4", ids[2])])], None).await,
+        f,
+        "an approval carried under another call's id",
+    );
+    assert_invalid(
+        try_push(store, &t, s, vec![carrying(f, a, &[("c3", ApprovalId::new())])], None).await,
+        f,
+        "an approval that does not exist",
+    );
+    assert_invalid(
+        try_push(
+            store,
+            &t,
+            s,
+            vec![carrying(f, a, &[("c3", ids[2])]), decided(f, ids[2], "c3", ApprovalDecision::Retry)],
+            None,
+        )
+        .await,
+        f,
+        "a decision that does not answer a tool-call approval",
+    );
+    let other = new_session(store, &t).await.id;
+    assert_invalid(
+        try_push(store, &t, other, vec![carrying(f, a, &[("c3", ids[2])])], None).await,
+        f,
+        "another session's approval",
+    );
+    assert_eq!(snapshot(store, &t, s).await, before, "nothing moved");
+    assert_eq!(store.get_approval(&t, &ids[2]).await.expect("get"), asked[2]);
+
+    // c3 expires where it is (A finished: only the expiry is accepted); then it can't move.
+    push(store, &t, s, vec![decided(a, ids[2], "c3", ApprovalDecision::Expire)]).await;
+    let expired = store.get_approval(&t, &ids[2]).await.expect("get");
+    assert_eq!((expired.run_id, expired.decision), (a, Some(ApprovalDecision::Expire)));
+    assert_eq!(store.get_run(&t, &a).await.expect("get run").status(), RunStatus::Completed, "A stays completed");
+    let before = snapshot(store, &t, s).await;
+    assert_invalid(
+        try_push(store, &t, s, vec![carrying(f, a, &[("c3", ids[2])])], None).await,
+        f,
+        "an approval that expired",
+    );
+    assert_invalid(
+        try_push(store, &t, s, vec![decided(a, ids[3], "c4", ApprovalDecision::Approve)], None).await,
+        a,
+        "approving through a finished run",
+    );
+    assert_eq!(snapshot(store, &t, s).await, before);
+
+    // c4, untouched by all of the above, still moves.
+    push(store, &t, s, vec![carrying(f, a, &[("c4", ids[3])])]).await;
+    assert_eq!(store.get_approval(&t, &ids[3]).await.expect("get").run_id, f);
+    let listed = all_approvals(store, &t, &by_session(s), 2).await;
+    assert_eq!(
+        listed.iter().map(|x| (x.id, x.run_id)).collect::<Vec<_>>(),
+        vec![(ids[0], b), (ids[1], d), (ids[2], a), (ids[3], f)]
+    );
+    let pending = all_approvals(store, &t, &ApprovalFilter { pending_only: true, session: Some(s) }, 10).await;
+    assert_eq!(pending.iter().map(|x| x.id).collect::<Vec<_>>(), vec![ids[3]]);
+    verified_log(store, &t, s).await;
+}
+
+/// Only an undecided `tool_call` approval of a *completed* run moves: not one of a run that is
+/// still going (awaiting it), failed or was cancelled, not an unknown-outcome question, and
+/// not through a run it does not belong to.
+pub async fn only_open_tool_call_approvals_of_completed_runs_move(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = &*fx.store;
+    let t = tenant_a();
+    let s = new_session(store, &t).await.id;
+    // Each run asks about c1, then ends (or not) as given.
+    let endings: [(&str, Option<EventBody>); 4] = [
+        ("awaiting", None),
+        ("failed", Some(EventBody::RunFailed { error: ErrorInfo::new("boom", "broke") })),
+        ("cancelled", Some(EventBody::RunCancelled { reason: "stop".into() })),
+        ("completed", Some(EventBody::RunCompleted { output: None })),
+    ];
+    let mut made = Vec::new();
+    for (what, ending) in endings {
+        let run = RunId::new();
+        let id = ApprovalId::new();
+        let mut events = vec![run_created(run, what), responded(run, vec![asked_call("c1")], None), ask(run, id, "c1")];
+        events.push(match ending {
+            Some(body) => on(run, body),
+            None => awaiting(run, vec![id]),
+        });
+        push(store, &t, s, events).await;
+        made.push((what, run, id));
+    }
+    // A completed run whose open question is about an unknown outcome.
+    let unknown_run = RunId::new();
+    let unknown_id = ApprovalId::new();
+    push(
+        store,
+        &t,
+        s,
+        vec![
+            run_created(unknown_run, "charge"),
+            responded(unknown_run, vec![asked_call("c1")], None),
+            tool_started(unknown_run, "c1", "pay"),
+            approval_requested(unknown_run, unknown_id, ApprovalKind::OutcomeUnknown, "c1", Timestamp::now()),
+            run_completed(unknown_run, "gave up"),
+        ],
+    )
+    .await;
+    assert_eq!(store.get_run(&t, &unknown_run).await.expect("get").status(), RunStatus::Completed);
+
+    let before = snapshot(store, &t, s).await;
+    let taker = RunId::new();
+    for (what, run, id) in &made[..3] {
+        assert_invalid(
+            try_push(store, &t, s, vec![carrying(taker, *run, &[("c1", *id)])], None).await,
+            taker,
+            &format!("an approval of a run that is {what}"),
+        );
+    }
+    assert_invalid(
+        try_push(store, &t, s, vec![carrying(taker, unknown_run, &[("c1", unknown_id)])], None).await,
+        taker,
+        "an unknown-outcome approval",
+    );
+    let (_, completed, completed_id) = made[3];
+    assert_invalid(
+        try_push(store, &t, s, vec![carrying(taker, unknown_run, &[("c1", completed_id)])], None).await,
+        taker,
+        "an approval named as coming from a run it does not belong to",
+    );
+    let (_, awaiting_run, awaiting_id) = made[0];
+    let second = RunId::new();
+    assert_invalid(
+        try_push(store, &t, s, vec![carrying(taker, completed, &[("c1", awaiting_id)])], None).await,
+        taker,
+        "a still-waiting run's approval, claimed through a completed run",
+    );
+    assert_invalid(
+        try_push(
+            store,
+            &t,
+            s,
+            vec![
+                carrying(taker, completed, &[("c1", completed_id)]),
+                carrying(second, awaiting_run, &[("c1", awaiting_id)]),
+            ],
+            None,
+        )
+        .await,
+        second,
+        "a batch with one good and one bad carry",
+    );
+    assert_not_found(store.get_run(&t, &second).await, "the refused batch's second run");
+    assert_not_found(store.get_run(&t, &taker).await, "the refused run");
+    assert_eq!(snapshot(store, &t, s).await, before, "no approval moved, nothing was written");
+    for (_, run, id) in &made {
+        assert_eq!(store.get_approval(&t, id).await.expect("get").run_id, *run);
+    }
+    // The completed run's one does move.
+    push(store, &t, s, vec![carrying(taker, completed, &[("c1", completed_id)])]).await;
+    assert_eq!(store.get_approval(&t, &completed_id).await.expect("get").run_id, taker);
+}
+
+/// `run_deleted` marks a finished run deleted and changes nothing else; an unfinished run
+/// can't be deleted, and a deleted one takes no further events.
+pub async fn only_finished_runs_are_deleted(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = &*fx.store;
+    let t = tenant_a();
+    let s = new_session(store, &t).await.id;
+    let (done, waiting, queued) = (RunId::new(), RunId::new(), RunId::new());
+    let id = ApprovalId::new();
+    push(store, &t, s, vec![run_created(done, "one"), responded(done, vec![], Some("hi")), run_completed(done, "hi")])
+        .await;
+    push(
+        store,
+        &t,
+        s,
+        vec![
+            run_created(waiting, "two"),
+            responded(waiting, vec![asked_call("c1")], None),
+            ask(waiting, id, "c1"),
+            awaiting(waiting, vec![id]),
+        ],
+    )
+    .await;
+    push(store, &t, s, vec![run_created(queued, "three")]).await;
+    let before = snapshot(store, &t, s).await;
+    for run in [waiting, queued] {
+        assert_invalid(
+            try_push(store, &t, s, vec![on(run, EventBody::RunDeleted {})], None).await,
+            run,
+            "deleting an unfinished run",
+        );
+    }
+    assert_eq!(snapshot(store, &t, s).await, before);
+    for r in &before.runs {
+        assert!(!r.state.deleted);
+    }
+
+    let done_before = store.get_run(&t, &done).await.expect("get run");
+    let mut commits = store.subscribe();
+    let got = push(
+        store,
+        &t,
+        s,
+        vec![NewEvent { run_id: Some(done), actor: Actor::principal("alice"), body: EventBody::RunDeleted {} }],
+    )
+    .await;
+    assert_eq!((got[0].run_id, &got[0].body), (Some(done), &EventBody::RunDeleted {}));
+    let done_after = store.get_run(&t, &done).await.expect("a deleted run is still readable");
+    assert!(done_after.state.deleted);
+    assert_eq!(RunState { deleted: false, ..done_after.state.clone() }, done_before.state, "nothing else changes");
+    assert_eq!(done_after.status(), RunStatus::Completed);
+    let c = tokio::time::timeout(Duration::from_secs(5), commits.recv()).await.expect("published").expect("recv");
+    assert!(c.runs.is_empty(), "the status did not change: {:?}", c.runs);
+    let listed = store.list_runs(&t, &s, &Page { after: None, limit: 10 }).await.expect("list runs");
+    assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), vec![done, waiting, queued], "the log keeps it");
+    let after = snapshot(store, &t, s).await;
+    for late in [responded(done, vec![], Some("more")), cancel_requested(done, "late"), run_completed(done, "again")] {
+        assert_invalid(try_push(store, &t, s, vec![late], None).await, done, "an event after deletion");
+    }
+    assert_eq!(snapshot(store, &t, s).await, after);
+    verified_log(store, &t, s).await;
+}
+
+/// Messages added outside a run, and their removal, are message events: the context window
+/// holds them in order among the runs' messages; metadata updates and deletions are not.
+pub async fn added_items_are_in_the_message_window(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = &*fx.store;
+    let t = tenant_a();
+    let s = new_session(store, &t).await.id;
+    let (r1, r2) = (RunId::new(), RunId::new());
+    push(store, &t, s, vec![run_created(r1, "first"), responded(r1, vec![], Some("one")), run_completed(r1, "one")])
+        .await;
+    let added = push(
+        store,
+        &t,
+        s,
+        vec![session_event(EventBody::ItemsAdded {
+            items: vec![Message::User { content: "added".into() }, Message::System { content: "note".into() }],
+        })],
+    )
+    .await
+    .remove(0);
+    let edits = push(
+        store,
+        &t,
+        s,
+        vec![
+            session_event(EventBody::SessionUpdated { metadata: json!({"x": 1}) }),
+            on(r1, EventBody::RunDeleted {}),
+            session_event(EventBody::ItemRemoved { seq: added.seq, index: 1 }),
+        ],
+    )
+    .await;
+    push(store, &t, s, vec![run_created(r2, "second")]).await;
+    let log = verified_log(store, &t, s).await;
+    let h = log.len() as u64;
+    let window = store.read_message_window(&t, &s, h, 100).await.expect("window");
+    let want: Vec<Event> = log.iter().filter(|e| e.body.is_message()).cloned().collect();
+    assert_eq!(window, want);
+    let kinds: Vec<&str> = window.iter().map(|e| e.body.kind()).collect();
+    assert_eq!(kinds, vec!["run_created", "model_responded", "items_added", "item_removed", "run_created"]);
+    assert_eq!(window[2], added);
+    assert_eq!(window[3], edits[2]);
+    assert!(!window.iter().any(|e| matches!(e.body, EventBody::SessionUpdated { .. } | EventBody::RunDeleted {})));
+    assert_eq!(store.read_message_window(&t, &s, added.seq, 1).await.expect("window"), vec![added.clone()]);
+    assert_eq!(store.read_message_window(&t, &s, h, 2).await.expect("window"), want[3..].to_vec());
 }
