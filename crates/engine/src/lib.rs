@@ -79,6 +79,8 @@ pub struct RunInput {
     pub decisions: Vec<(ApprovalId, DecisionInput)>,
     pub metadata: serde_json::Value,
     pub expected_head: Option<u64>,
+    /// Who makes `decisions` (required with them); each is checked against its approval's role.
+    pub decider: Option<Decider>,
 }
 
 /// The bytes of text a message carries, for the input limit.
@@ -376,6 +378,30 @@ impl Engine {
                 return Err(Error::InvalidInput(format!("approval {approval_id} is not carried by this run")));
             }
         }
+        if !run.decisions.is_empty() && run.decider.is_none() {
+            return Err(Error::InvalidInput("decisions need the decider who makes them".into()));
+        }
+        // Decisions made with a run's creation follow the same rules as any decision.
+        for c in &run.carried {
+            let a = self.inner.store.get_approval(tenant, &c.approval_id).await?;
+            if let Some((_, d)) = run.decisions.iter().find(|(id, _)| id == &c.approval_id)
+                && let Some(decider) = &run.decider
+            {
+                if !decider.may_decide(&a.role) {
+                    return Err(Error::Forbidden(format!(
+                        "deciding approval {} needs the role `{}`, which {} does not hold",
+                        c.approval_id, a.role, decider.id
+                    )));
+                }
+                if !matches!(d.decision, ApprovalDecision::Approve | ApprovalDecision::Deny) {
+                    return Err(Error::InvalidDecision("a carried call is approved or denied".into()));
+                }
+            }
+        }
+        // A run must be able to start: its agent version must exist.
+        if let Some(a) = &run.agent {
+            self.agent_spec(tenant, &a.name, a.version).await?;
+        }
         let store = &self.inner.store;
         let actor = Actor::principal(principal);
         let run_id = RunId::new();
@@ -493,6 +519,20 @@ impl Engine {
         seq: u64,
         index: u32,
     ) -> Result<Event> {
+        let target = self.inner.store.read_events(tenant, session_id, seq.saturating_sub(1), 1).await?;
+        let exists = target.first().is_some_and(|e| {
+            e.seq == seq
+                && match &e.body {
+                    EventBody::ModelResponded { .. } | EventBody::ToolCallCompleted { .. } => index == 0,
+                    EventBody::RunCreated { input: items, .. } | EventBody::ItemsAdded { items } => {
+                        (index as usize) < items.len()
+                    }
+                    _ => false,
+                }
+        });
+        if !exists {
+            return Err(Error::InvalidInput(format!("event {seq} of session {session_id} has no message {index}")));
+        }
         self.append_session_event(tenant, principal, session_id, EventBody::ItemRemoved { seq, index }).await
     }
 

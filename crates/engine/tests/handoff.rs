@@ -237,6 +237,7 @@ async fn a_carried_approval_approved_with_the_next_run_runs_the_call_there() {
             RunInput {
                 carried: vec![CarriedCall { from_run: first.id, call: call.clone(), approval_id: approval }],
                 decisions: vec![(approval, decision(ApprovalDecision::Approve, "fine"))],
+                decider: Some(tester()),
                 ..RunInput::default()
             },
         )
@@ -299,6 +300,7 @@ async fn a_carried_approval_denied_with_the_next_run_tells_the_model() {
             RunInput {
                 carried: vec![CarriedCall { from_run: first.id, call: call.clone(), approval_id: approval }],
                 decisions: vec![(approval, decision(ApprovalDecision::Deny, "not today"))],
+                decider: Some(tester()),
                 ..RunInput::default()
             },
         )
@@ -338,6 +340,7 @@ async fn a_carried_approval_can_be_decided_later_by_an_approver() {
             RunInput {
                 input: vec![user("hi")],
                 decisions: vec![(approval, decision(ApprovalDecision::Approve, "sneaky"))],
+                decider: Some(tester()),
                 ..RunInput::default()
             },
         )
@@ -371,7 +374,6 @@ async fn a_carried_approval_can_be_decided_later_by_an_approver() {
 /// right after the call (providers reject a tool result that does not follow its call), and
 /// not the placeholder for a result that was never recorded.
 #[tokio::test]
-#[ignore = "bug: the next run's input is placed before the carried call's result; the model sees a missing-result placeholder, then the real result after the user message"]
 async fn a_carried_call_with_new_input_keeps_the_conversation_well_formed() {
     let s = setup();
     let session = s.session(GATED).await;
@@ -385,6 +387,7 @@ async fn a_carried_call_with_new_input_keeps_the_conversation_well_formed() {
                 input: vec![user("and then say thanks")],
                 carried: vec![CarriedCall { from_run: first.id, call, approval_id: approval }],
                 decisions: vec![(approval, decision(ApprovalDecision::Approve, "fine"))],
+                decider: Some(tester()),
                 ..RunInput::default()
             },
         )
@@ -398,7 +401,6 @@ async fn a_carried_call_with_new_input_keeps_the_conversation_well_formed() {
 /// The approver saw (and approved) one call; what runs must be that call, not another one the
 /// caller put in `CarriedCall::call` under the same call id.
 #[tokio::test]
-#[ignore = "bug: CarriedCall::call is not checked against the approval's call; an approval of one call runs another"]
 async fn a_carried_call_must_be_the_call_that_was_asked_about() {
     let s = setup();
     let session = s.session(GATED).await;
@@ -416,6 +418,7 @@ async fn a_carried_call_must_be_the_call_that_was_asked_about() {
             RunInput {
                 carried: vec![CarriedCall { from_run: first.id, call: swapped, approval_id: approval }],
                 decisions: vec![(approval, decision(ApprovalDecision::Approve, "looks fine"))],
+                decider: Some(tester()),
                 ..RunInput::default()
             },
         )
@@ -585,7 +588,6 @@ async fn a_run_with_another_agent_version_uses_its_model_and_instructions() {
 /// A run naming an agent version that does not exist can never run: it must be refused up
 /// front rather than queued (a queued run that can't start blocks every later run).
 #[tokio::test]
-#[ignore = "bug: create_run_with does not check RunInput::agent; the run is queued, never starts, and blocks the session"]
 async fn a_run_naming_an_unknown_agent_is_refused() {
     let s = setup();
     let session = s.session(CLIENT).await;
@@ -665,7 +667,6 @@ async fn session_metadata_updates_and_run_deletion_are_logged() {
 /// must still see the result right after the call (and a run restarted from the log must see
 /// the same conversation as the one that kept running).
 #[tokio::test]
-#[ignore = "bug: a running driver puts items added mid-run between a tool call and its result"]
 async fn items_added_during_a_tool_call_keep_the_conversation_well_formed() {
     let s = setup();
     let session =
@@ -686,4 +687,55 @@ async fn items_added_during_a_tool_call_keep_the_conversation_well_formed() {
     let messages = s.last_messages();
     assert!(answered_in_place(&messages), "the sleep result is out of place or replaced: {messages:#?}");
     assert!(messages.contains(&user("a side note")), "the item is in the conversation");
+}
+
+/// The caller acting on the test's behalf, holding every role.
+fn tester() -> Decider {
+    Decider { id: "test".into(), roles: vec!["*".into()] }
+}
+
+/// A decision carried with a new run is held to the approval's role like any other, and a
+/// refused one writes nothing.
+#[tokio::test]
+async fn carried_decisions_need_the_approvals_role() {
+    let s = setup();
+    let session = s.session(GATED).await;
+    let first = s.run(&session, "call echo {\"text\": \"one\"}").await;
+    let (call, approval) = open_call(&first);
+    let approval = approval.expect("an open approval");
+    let head = s.head(&session).await;
+    let carried = vec![CarriedCall { from_run: first.id, call, approval_id: approval }];
+    let nobody = Decider { id: "intern".into(), roles: vec!["reader".into()] };
+    let result = s
+        .engine
+        .create_run_with(
+            &s.tenant,
+            "intern",
+            &session,
+            RunInput {
+                carried: carried.clone(),
+                decisions: vec![(approval, decision(ApprovalDecision::Approve, "sure"))],
+                decider: Some(nobody),
+                ..RunInput::default()
+            },
+        )
+        .await;
+    assert!(matches!(result, Err(Error::Forbidden(_))), "{result:?}");
+    let missing = s
+        .engine
+        .create_run_with(
+            &s.tenant,
+            "intern",
+            &session,
+            RunInput {
+                carried,
+                decisions: vec![(approval, decision(ApprovalDecision::Approve, "sure"))],
+                ..RunInput::default()
+            },
+        )
+        .await;
+    assert!(matches!(missing, Err(Error::InvalidInput(_))), "{missing:?}");
+    assert_eq!(s.head(&session).await, head, "nothing was written");
+    let record = s.engine.store().get_approval(&s.tenant, &approval).await.unwrap();
+    assert_eq!((record.run_id, record.decision), (first.id, None));
 }

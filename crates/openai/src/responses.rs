@@ -16,7 +16,7 @@ use stead_core::event::{AgentRef, ApprovalDecision, CarriedCall, Event, EventBod
 use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::message::{Message, ToolCall};
 use stead_core::run::RunStatus;
-use stead_engine::{DecisionInput, RunInput};
+use stead_engine::{Decider, DecisionInput, RunInput};
 use stead_store::RunRecord;
 
 use crate::error::{OaiError, OaiResult, body_error};
@@ -496,6 +496,7 @@ async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResul
         decisions,
         metadata: meta,
         expected_head: base.expected_head,
+        decider: Some(Decider { id: p.id.clone(), roles: p.roles.clone() }),
     };
     // Subscribe before the run exists, so a stream misses nothing.
     let commits = st.engine.store().subscribe();

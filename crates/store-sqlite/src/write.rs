@@ -425,6 +425,7 @@ fn take_over_approval(
         .exec(
             "UPDATE approvals SET run_id = ?1 \
              WHERE id = ?2 AND tenant = ?3 AND session_pk = ?4 AND run_id = ?5 AND call_id = ?6 \
+               AND tool_name = ?7 AND arguments = ?8 \
                AND decision IS NULL AND kind = 'tool_call' \
                AND EXISTS (SELECT 1 FROM runs r WHERE r.id = ?5 AND r.status = 'completed')",
             params![
@@ -433,7 +434,9 @@ fn take_over_approval(
                 tenant.as_str(),
                 session_pk,
                 &carried.from_run.as_bytes()[..],
-                carried.call.id
+                carried.call.id,
+                carried.call.name,
+                carried.call.arguments
             ],
         )
         .sql()?;
@@ -441,7 +444,7 @@ fn take_over_approval(
         return Err(Error::InvalidTransition {
             run,
             reason: format!(
-                "approval {} is not an open question of completed run {} in this session (decided, expired, or already taken over)",
+                "approval {} is not an open question about this call of completed run {} in this session (decided, expired, already taken over, or another call)",
                 carried.approval_id, carried.from_run
             ),
         });
