@@ -95,6 +95,81 @@ pub struct ModelSpec {
     /// Delay between streamed chunks of the scripted model (for demos and crash tests).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub chunk_delay_ms: u64,
+    /// Whether and which tool the model must call: `auto`, `none`, `required`, or
+    /// `{function: NAME}` (one of the agent's tools, or an MCP tool as `SERVER__TOOL`).
+    /// Unset leaves it to the provider (`auto` when tools are offered). With `none` the tools
+    /// are still offered, so the model knows them, but it may not call them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether the model may call several tools in one turn (`false`: at most one). Unset
+    /// leaves it to the provider (which allows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+}
+
+/// Whether and which tool the model must call. In YAML: `tool_choice: required`, or
+/// `tool_choice: {function: get_weather}`; in JSON: `"required"` or `{"function": "get_weather"}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The model decides whether to call tools.
+    Auto,
+    /// The model must not call tools (they are still described to it).
+    None,
+    /// The model must call at least one tool.
+    Required,
+    /// The model must call this tool (by the name the model sees).
+    Function(String),
+}
+
+impl ToolChoice {
+    /// The tool a `function` choice names.
+    pub fn function_name(&self) -> Option<&str> {
+        match self {
+            ToolChoice::Function(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+const TOOL_CHOICE_SHAPES: &str = "tool_choice must be `auto`, `none`, `required` or `{function: NAME}`";
+
+/// A word, or a one-key map (`{function: NAME}`; checked by hand, as `deny_unknown_fields`
+/// does not hold inside an untagged enum).
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ToolChoiceRepr {
+    Word(String),
+    Map(BTreeMap<String, String>),
+}
+
+impl Serialize for ToolChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let word = |w: &str| ToolChoiceRepr::Word(w.to_owned());
+        match self {
+            ToolChoice::Auto => word("auto"),
+            ToolChoice::None => word("none"),
+            ToolChoice::Required => word("required"),
+            ToolChoice::Function(name) => ToolChoiceRepr::Map(BTreeMap::from([("function".into(), name.clone())])),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ToolChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match ToolChoiceRepr::deserialize(d).map_err(|_| serde::de::Error::custom(TOOL_CHOICE_SHAPES))? {
+            ToolChoiceRepr::Word(w) => match w.as_str() {
+                "auto" => Ok(ToolChoice::Auto),
+                "none" => Ok(ToolChoice::None),
+                "required" => Ok(ToolChoice::Required),
+                _ => Err(serde::de::Error::custom(format!("{TOOL_CHOICE_SHAPES}, not {w:?}"))),
+            },
+            ToolChoiceRepr::Map(mut m) => match (m.remove("function"), m.is_empty()) {
+                (Some(name), true) => Ok(ToolChoice::Function(name)),
+                _ => Err(serde::de::Error::custom(TOOL_CHOICE_SHAPES)),
+            },
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -340,6 +415,18 @@ impl AgentSpec {
         if self.model.max_retries > 10 {
             return bad("model.max_retries", "must be at most 10");
         }
+        match &self.model.tool_choice {
+            Some(ToolChoice::Required) if self.tools.is_empty() && self.mcp_servers.is_empty() => {
+                return bad("model.tool_choice", "`required` needs at least one tool or MCP server");
+            }
+            Some(ToolChoice::Function(name)) if !self.offers_tool(name) => {
+                return bad(
+                    "model.tool_choice.function",
+                    &format!("`{name}` is not one of the agent's tools (MCP tools are named `SERVER__TOOL`)"),
+                );
+            }
+            _ => {}
+        }
         if self.instructions.len() > MAX_INSTRUCTIONS_BYTES {
             return bad("instructions", "is longer than 256 KiB");
         }
@@ -435,6 +522,15 @@ impl AgentSpec {
     pub fn tool(&self, name: &str) -> Option<&ToolSpec> {
         self.tools.iter().find(|t| t.name == name)
     }
+
+    /// Whether the model may be offered a tool of this name: one of `tools`, or `SERVER__TOOL`
+    /// for one of `mcp_servers` (whose tools are only known once the server is asked).
+    pub fn offers_tool(&self, name: &str) -> bool {
+        self.tool(name).is_some()
+            || name
+                .split_once("__")
+                .is_some_and(|(server, tool)| !tool.is_empty() && self.mcp_servers.iter().any(|m| m.name == server))
+    }
 }
 
 pub fn is_slug(s: &str) -> bool {
@@ -490,5 +586,72 @@ mod tests {
             let err = AgentSpec::parse(text, SpecFormat::Yaml).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} -> {err}");
         }
+    }
+
+    #[test]
+    fn tool_choice_and_parallel_tool_calls_parse() {
+        let tools = "tools: [{name: get_weather, type: client}]\nmcp_servers: [{name: docs, url: \"http://x\"}]\n";
+        let model = |extra: &str| format!("name: a\nmodel: {{provider: scripted, name: e{extra}}}\n{tools}");
+        let spec = AgentSpec::parse(&model(""), SpecFormat::Yaml).unwrap();
+        assert_eq!((spec.model.tool_choice.clone(), spec.model.parallel_tool_calls), (None, None));
+        // Unset fields stay out of the serialized spec (so existing agent versions keep their form).
+        let json = serde_json::to_value(&spec.model).unwrap();
+        assert!(json.get("tool_choice").is_none() && json.get("parallel_tool_calls").is_none(), "{json}");
+        for (text, want) in [
+            ("auto", ToolChoice::Auto),
+            ("none", ToolChoice::None),
+            ("required", ToolChoice::Required),
+            ("{function: get_weather}", ToolChoice::Function("get_weather".into())),
+            ("{function: docs__search}", ToolChoice::Function("docs__search".into())),
+        ] {
+            let spec = AgentSpec::parse(&model(&format!(", tool_choice: {text}")), SpecFormat::Yaml).unwrap();
+            assert_eq!(spec.model.tool_choice, Some(want), "{text}");
+        }
+        let spec =
+            AgentSpec::parse(&model(", tool_choice: required, parallel_tool_calls: false"), SpecFormat::Yaml).unwrap();
+        assert_eq!(spec.model.parallel_tool_calls, Some(false));
+        // JSON: the same shape, and it round-trips.
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["model"]["tool_choice"], serde_json::json!("required"));
+        assert_eq!(json["model"]["parallel_tool_calls"], serde_json::json!(false));
+        assert_eq!(AgentSpec::parse(&json.to_string(), SpecFormat::Json).unwrap(), spec);
+        let f = serde_json::to_value(ToolChoice::Function("get_weather".into())).unwrap();
+        assert_eq!(f, serde_json::json!({"function": "get_weather"}));
+        assert_eq!(serde_json::from_value::<ToolChoice>(f).unwrap().function_name(), Some("get_weather"));
+    }
+
+    #[test]
+    fn tool_choice_is_validated() {
+        let ok = |text: &str| AgentSpec::parse(text, SpecFormat::Yaml).unwrap();
+        let err = |text: &str| AgentSpec::parse(text, SpecFormat::Yaml).unwrap_err().to_string();
+        let with = "tools: [{name: get_weather, type: client}, {name: clock, type: builtin}]\n\
+                    mcp_servers: [{name: docs, command: srv}]\n";
+        let agent = |choice: &str, tools: &str| {
+            format!("name: a\nmodel: {{provider: scripted, name: e, tool_choice: {choice}}}\n{tools}")
+        };
+        ok(&agent("{function: clock}", with));
+        ok(&agent("{function: docs__anything}", with));
+        ok(&agent("none", ""));
+        ok(&agent("auto", ""));
+        for (choice, tools, needle) in [
+            ("{function: nope}", with, "model.tool_choice.function"),
+            ("{function: other__search}", with, "`other__search` is not one of the agent's tools"),
+            ("{function: docs__}", with, "model.tool_choice.function"),
+            ("{function: clock}", "", "model.tool_choice.function"),
+            ("required", "", "model.tool_choice"),
+            (
+                "sometimes",
+                with,
+                "tool_choice must be `auto`, `none`, `required` or `{function: NAME}`, not \"sometimes\"",
+            ),
+            ("{tool: clock}", with, "tool_choice must be"),
+            ("{function: clock, extra: 1}", with, "tool_choice must be"),
+            ("[clock]", with, "tool_choice must be"),
+        ] {
+            let e = err(&agent(choice, tools));
+            assert!(e.contains(needle), "{choice} -> {e}");
+        }
+        let e = err("name: a\nmodel: {provider: scripted, name: e, parallel_tool_calls: maybe}\n");
+        assert!(e.contains("parallel_tool_calls") || e.contains("invalid type"), "{e}");
     }
 }

@@ -174,6 +174,11 @@ struct RunDriver {
     /// Where each message of `history` was added: (event seq, index in the event), so a
     /// conversation edit (`item_removed`) can take it out.
     history_keys: Vec<(u64, u32)>,
+    /// Calls of the history without a result yet, and messages held until they have one.
+    open_calls: Vec<String>,
+    held: Vec<Event>,
+    /// Calls whose results appear further on in the window loaded at start.
+    results_ahead: std::collections::HashSet<String>,
     actor: Actor,
     cancel: CancellationToken,
     lost: Arc<AtomicBool>,
@@ -214,14 +219,32 @@ impl RunDriver {
             head: claim.session.head_seq,
             history: Vec::new(),
             history_keys: Vec::new(),
+            open_calls: Vec::new(),
+            held: Vec::new(),
+            results_ahead: std::collections::HashSet::new(),
             actor,
             cancel,
             lost,
             agent,
             engine,
         };
-        for e in conversation_order(window, driver.run_id, driver.state.created_seq) {
-            driver.remember(&e);
+        let ordered = conversation_order(window, driver.run_id, driver.state.created_seq);
+        driver.results_ahead = ordered
+            .iter()
+            .flat_map(|e| match &e.body {
+                EventBody::ToolCallCompleted { call_id, .. } => vec![call_id.clone()],
+                EventBody::RunCreated { input, .. } => input
+                    .iter()
+                    .filter_map(|m| match m {
+                        Message::Tool { call_id, .. } => Some(call_id.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        for e in &ordered {
+            driver.remember(e);
         }
         Ok(driver)
     }
@@ -315,6 +338,9 @@ impl RunDriver {
             temperature: model.temperature,
             max_tokens: model.max_tokens,
             stream: model.stream,
+            // With `none` the tools are still offered: the provider keeps the model from calling them.
+            tool_choice: model.tool_choice.clone(),
+            parallel_tool_calls: model.parallel_tool_calls,
         };
         let policy = RetryPolicy {
             max_retries: model.max_retries,
@@ -536,6 +562,11 @@ impl RunDriver {
 
     /// Adds an event's messages to the history the model sees. Input of runs queued after
     /// this one is not part of this run's conversation.
+    ///
+    /// A tool exchange stays together: messages that arrive while calls still wait for
+    /// results that are coming (conversation items added mid-run, the input of a run that
+    /// carries calls over) are held and join after the results, so the model never sees a
+    /// message between a call and its result.
     fn remember(&mut self, e: &Event) {
         if !e.body.is_message() {
             return;
@@ -546,6 +577,48 @@ impl RunDriver {
         {
             return;
         }
+        let answers: Vec<&str> = match &e.body {
+            EventBody::RunCreated { input, .. } => input
+                .iter()
+                .filter_map(|m| match m {
+                    Message::Tool { call_id, .. } => Some(call_id.as_str()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let holdable = matches!(
+            e.body,
+            EventBody::RunCreated { .. } | EventBody::ItemsAdded { .. } | EventBody::ItemRemoved { .. }
+        );
+        let waiting = self.open_calls.iter().any(|c| !answers.contains(&c.as_str()) && self.result_coming(c));
+        if holdable && waiting {
+            self.held.push(e.clone());
+            return;
+        }
+        self.add_messages(e);
+        match &e.body {
+            EventBody::ModelResponded { tool_calls, .. } => {
+                self.open_calls.extend(tool_calls.iter().map(|c| c.id.clone()));
+            }
+            EventBody::ToolCallCompleted { call_id, .. } => self.open_calls.retain(|c| c != call_id),
+            EventBody::RunCreated { .. } => self.open_calls.retain(|c| !answers.contains(&c.as_str())),
+            _ => {}
+        }
+        if !self.held.is_empty() && !self.open_calls.iter().any(|c| self.result_coming(c)) {
+            for h in std::mem::take(&mut self.held) {
+                self.remember(&h);
+            }
+        }
+    }
+
+    /// Whether a result for this call is on its way: recorded later in the log this driver
+    /// loaded, or still to be produced by this run.
+    fn result_coming(&self, call_id: &str) -> bool {
+        self.results_ahead.contains(call_id) || self.state.pending.iter().any(|p| p.call.id == call_id)
+    }
+
+    fn add_messages(&mut self, e: &Event) {
         if let EventBody::ItemRemoved { seq, index } = e.body {
             if let Some(at) = self.history_keys.iter().position(|k| *k == (seq, index)) {
                 self.history.remove(at);

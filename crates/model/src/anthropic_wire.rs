@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 
 use crate::openai_wire::error_message;
-use crate::{Error, ErrorKind, ModelRequest, ModelResponse};
+use crate::{Error, ErrorKind, ModelRequest, ModelResponse, ToolChoice};
 
 /// The API version every request names (`anthropic-version`).
 pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -58,6 +58,9 @@ pub(crate) fn request_body(req: &ModelRequest) -> Value {
     body.insert("messages".into(), Value::Array(messages(req.messages.iter().map(|m| m.as_ref()))));
     if !req.tools.is_empty() {
         body.insert("tools".into(), Value::Array(req.tools.iter().map(tool).collect()));
+        if let Some(choice) = tool_choice(req.tool_choice.as_ref(), req.parallel_tool_calls) {
+            body.insert("tool_choice".into(), choice);
+        }
     }
     if let Some(t) = req.temperature {
         // Through f64 via the decimal text, so 0.2f32 goes out as 0.2 and not 0.20000000298.
@@ -159,6 +162,23 @@ fn tool(t: &ToolDef) -> Value {
         out["description"] = json!(t.description);
     }
     out
+}
+
+/// `{"type": "auto" | "none" | "any"}` or `{"type": "tool", "name": N}`. Parallel calls are
+/// switched off inside it (`disable_parallel_tool_use`), with type `auto` when no choice is
+/// given; `none` takes no such flag (no calls at all). `None` when there is nothing to say.
+fn tool_choice(choice: Option<&ToolChoice>, parallel: Option<bool>) -> Option<Value> {
+    let mut out = match choice {
+        None if parallel != Some(false) => return None,
+        None | Some(ToolChoice::Auto) => json!({"type": "auto"}),
+        Some(ToolChoice::None) => return Some(json!({"type": "none"})),
+        Some(ToolChoice::Required) => json!({"type": "any"}),
+        Some(ToolChoice::Function(name)) => json!({"type": "tool", "name": name}),
+    };
+    if parallel == Some(false) {
+        out["disable_parallel_tool_use"] = json!(true);
+    }
+    Some(out)
 }
 
 /// Parses a complete (non-streamed) response body.
@@ -463,6 +483,8 @@ mod tests {
             temperature: None,
             max_tokens: None,
             stream: false,
+            tool_choice: None,
+            parallel_tool_calls: None,
         }
     }
 
@@ -523,6 +545,39 @@ mod tests {
         );
         assert_eq!(body["temperature"], json!(0.2));
         assert_eq!(body["max_tokens"], json!(DEFAULT_MAX_TOKENS));
+    }
+
+    #[test]
+    fn tool_choice_shapes() {
+        let mut r = req(vec![Message::User { content: "hi".into() }]);
+        r.tool_choice = Some(ToolChoice::Required);
+        r.parallel_tool_calls = Some(false);
+        // Without tools there is nothing to choose: Anthropic refuses a tool_choice then.
+        assert_eq!(request_body(&r).get("tool_choice"), None);
+        r.tools = vec![ToolDef { name: "clock".into(), description: String::new(), parameters: Value::Null }];
+        let cases = [
+            (None, None, None),
+            (None, Some(true), None),
+            (None, Some(false), Some(json!({"type": "auto", "disable_parallel_tool_use": true}))),
+            (Some(ToolChoice::Auto), None, Some(json!({"type": "auto"}))),
+            (Some(ToolChoice::None), None, Some(json!({"type": "none"}))),
+            (Some(ToolChoice::None), Some(false), Some(json!({"type": "none"}))),
+            (Some(ToolChoice::Required), Some(true), Some(json!({"type": "any"}))),
+            (Some(ToolChoice::Required), Some(false), Some(json!({"type": "any", "disable_parallel_tool_use": true}))),
+            (Some(ToolChoice::Function("clock".into())), None, Some(json!({"type": "tool", "name": "clock"}))),
+            (
+                Some(ToolChoice::Function("clock".into())),
+                Some(false),
+                Some(json!({"type": "tool", "name": "clock", "disable_parallel_tool_use": true})),
+            ),
+        ];
+        for (choice, parallel, want) in cases {
+            r.tool_choice = choice.clone();
+            r.parallel_tool_calls = parallel;
+            let body = request_body(&r);
+            assert_eq!(body.get("tool_choice"), want.as_ref(), "{choice:?} {parallel:?}");
+            assert_eq!(body.get("parallel_tool_calls"), None);
+        }
     }
 
     #[test]

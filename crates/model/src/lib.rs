@@ -16,6 +16,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 
+pub use stead_core::agent::ToolChoice;
+
 pub use anthropic::AnthropicProvider;
 pub use error::{Error, ErrorKind};
 pub use openai::{OpenAiProvider, http_client};
@@ -37,6 +39,12 @@ pub struct ModelRequest {
     pub max_tokens: Option<u32>,
     /// Deliver content deltas through `on_delta` as they arrive.
     pub stream: bool,
+    /// Whether and which tool the model must call; unset leaves it to the provider. Sent only
+    /// when tools are offered. With `ToolChoice::None` the tools are still offered.
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether the model may call several tools in one turn; unset leaves it to the provider.
+    /// Sent only when tools are offered.
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// What the model answered with.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 
-use crate::{Error, ErrorKind, ModelRequest, ModelResponse};
+use crate::{Error, ErrorKind, ModelRequest, ModelResponse, ToolChoice};
 
 /// The JSON body of `POST /chat/completions`.
 pub(crate) fn request_body(req: &ModelRequest) -> Value {
@@ -15,6 +15,12 @@ pub(crate) fn request_body(req: &ModelRequest) -> Value {
     body.insert("messages".into(), Value::Array(req.messages.iter().map(|m| message(m)).collect()));
     if !req.tools.is_empty() {
         body.insert("tools".into(), Value::Array(req.tools.iter().map(tool).collect()));
+        if let Some(c) = &req.tool_choice {
+            body.insert("tool_choice".into(), tool_choice(c));
+        }
+        if let Some(p) = req.parallel_tool_calls {
+            body.insert("parallel_tool_calls".into(), Value::Bool(p));
+        }
     }
     if let Some(t) = req.temperature {
         // Through f64 via the decimal text, so 0.2f32 goes out as 0.2 and not 0.20000000298.
@@ -72,6 +78,16 @@ fn tool(t: &ToolDef) -> Value {
     let parameters =
         if t.parameters.is_object() { t.parameters.clone() } else { json!({"type": "object", "properties": {}}) };
     json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": parameters}})
+}
+
+/// `"auto"`, `"none"`, `"required"`, or `{"type": "function", "function": {"name": N}}`.
+fn tool_choice(c: &ToolChoice) -> Value {
+    match c {
+        ToolChoice::Auto => json!("auto"),
+        ToolChoice::None => json!("none"),
+        ToolChoice::Required => json!("required"),
+        ToolChoice::Function(name) => json!({"type": "function", "function": {"name": name}}),
+    }
 }
 
 /// Parses a complete (non-streamed) response body.
@@ -358,6 +374,8 @@ mod tests {
             temperature: Some(0.2),
             max_tokens: None,
             stream,
+            tool_choice: None,
+            parallel_tool_calls: None,
         }
     }
 
@@ -384,6 +402,28 @@ mod tests {
         );
         let body = request_body(&req(true));
         assert_eq!(body["stream_options"], json!({"include_usage": true}));
+    }
+
+    #[test]
+    fn tool_choice_shapes() {
+        let mut r = req(false);
+        r.tool_choice = Some(ToolChoice::Required);
+        r.parallel_tool_calls = Some(false);
+        // Without tools neither is sent: servers refuse a tool choice with nothing to choose.
+        let body = request_body(&r);
+        assert!(body.get("tool_choice").is_none() && body.get("parallel_tool_calls").is_none(), "{body}");
+        r.tools = vec![ToolDef { name: "clock".into(), description: String::new(), parameters: json!({}) }];
+        for (choice, want) in [
+            (ToolChoice::Auto, json!("auto")),
+            (ToolChoice::None, json!("none")),
+            (ToolChoice::Required, json!("required")),
+            (ToolChoice::Function("clock".into()), json!({"type": "function", "function": {"name": "clock"}})),
+        ] {
+            r.tool_choice = Some(choice);
+            let body = request_body(&r);
+            assert_eq!(body["tool_choice"], want);
+            assert_eq!(body["parallel_tool_calls"], json!(false));
+        }
     }
 
     #[test]

@@ -209,6 +209,8 @@ mod tests {
             timeout_secs: 7,
             max_retries: 3,
             chunk_delay_ms: 0,
+            tool_choice: None,
+            parallel_tool_calls: None,
         }
     }
 

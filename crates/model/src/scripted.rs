@@ -1,6 +1,7 @@
 //! The scripted model: deterministic and in-process, a pure function of the request it gets,
 //! driven by commands in the last user message (`call`, `repeat`, `parallel`, `badargs`,
-//! `history`).
+//! `history`). With `tool_choice: none` it calls no tools: the commands that would are plain
+//! text to echo.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use stead_core::message::{Message, ToolCall, Usage};
 
-use crate::{Error, ModelProvider, ModelRequest, ModelResponse};
+use crate::{Error, ModelProvider, ModelRequest, ModelResponse, ToolChoice};
 
 /// The arguments `badargs` sends: deliberately not JSON.
 pub const BAD_ARGUMENTS: &str = "{\"unterminated";
@@ -69,7 +70,10 @@ pub fn respond(req: &ModelRequest) -> ModelResponse {
         _ => None,
     });
 
-    let action = match Command::parse(user_text) {
+    // Told not to call tools, the commands that would are not commands.
+    let command = Command::parse(user_text)
+        .filter(|c| req.tool_choice != Some(ToolChoice::None) || matches!(c, Command::History));
+    let action = match command {
         Some(Command::Call { tool, args }) => {
             if !answered {
                 Action::Calls(vec![call(format!("call_{n}"), tool, args)])
@@ -286,5 +290,32 @@ mod tests {
         assert!(Command::parse("calls t").is_none());
         assert!(matches!(Command::parse(" history "), Some(Command::History)));
         assert!(Command::parse("history of rome").is_none());
+    }
+
+    #[test]
+    fn tool_choice_none_calls_no_tools() {
+        let mut req = ModelRequest {
+            model: "m".into(),
+            messages: vec![Arc::new(Message::User { content: "call clock".into() })],
+            tools: vec![],
+            temperature: None,
+            max_tokens: None,
+            stream: false,
+            tool_choice: Some(ToolChoice::None),
+            parallel_tool_calls: None,
+        };
+        for text in ["call clock", "repeat 2 clock", "parallel a b", "badargs clock"] {
+            req.messages = vec![Arc::new(Message::User { content: text.into() })];
+            let r = respond(&req);
+            assert!(r.tool_calls.is_empty(), "{text}");
+            assert_eq!(r.content.as_deref(), Some(format!("echo: {text}").as_str()));
+            assert_eq!(r.finish_reason, "stop");
+        }
+        // Other choices leave the commands alone.
+        for choice in [None, Some(ToolChoice::Auto), Some(ToolChoice::Required)] {
+            req.tool_choice = choice;
+            req.messages = vec![Arc::new(Message::User { content: "call clock".into() })];
+            assert_eq!(respond(&req).tool_calls.len(), 1);
+        }
     }
 }

@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
 use serde_json::{Value, json};
-use stead_core::agent::{ModelSpec, Provider};
+use stead_core::agent::{ModelSpec, Provider, ToolChoice};
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 use stead_model::{
     AnthropicProvider, ErrorKind, ModelProvider, ModelRequest, ProviderDefaults, Providers, RetryPolicy,
@@ -218,6 +218,8 @@ fn request(stream: bool) -> ModelRequest {
         temperature: None,
         max_tokens: None,
         stream,
+        tool_choice: None,
+        parallel_tool_calls: None,
     }
 }
 
@@ -245,6 +247,8 @@ fn spec() -> ModelSpec {
         timeout_secs: 10,
         max_retries: 0,
         chunk_delay_ms: 0,
+        tool_choice: None,
+        parallel_tool_calls: None,
     }
 }
 
@@ -310,6 +314,8 @@ async fn request_shape_and_headers_through_the_registry() {
         temperature: None,
         max_tokens: None,
         stream: false,
+        tool_choice: None,
+        parallel_tool_calls: None,
     };
 
     let providers = Providers::new(ProviderDefaults {
@@ -379,6 +385,35 @@ async fn request_shape_and_headers_through_the_registry() {
             "messages": [{"role": "user", "content": "hi"}],
         })
     );
+
+    // Unset, there is no tool_choice (the exact bodies above have none). Set, it goes out in
+    // Anthropic's shape with the tools, carrying `parallel_tool_calls: false` as
+    // `disable_parallel_tool_use`; without tools it stays out.
+    let p = providers.for_spec(&spec()).unwrap();
+    for (choice, parallel, want) in [
+        (None, Some(false), Some(json!({"type": "auto", "disable_parallel_tool_use": true}))),
+        (None, Some(true), None),
+        (Some(ToolChoice::Auto), None, Some(json!({"type": "auto"}))),
+        (Some(ToolChoice::None), Some(false), Some(json!({"type": "none"}))),
+        (Some(ToolChoice::Required), None, Some(json!({"type": "any"}))),
+        (Some(ToolChoice::Required), Some(false), Some(json!({"type": "any", "disable_parallel_tool_use": true}))),
+        (Some(ToolChoice::Function("clock".into())), None, Some(json!({"type": "tool", "name": "clock"}))),
+    ] {
+        let mut r = req.clone();
+        r.tool_choice = choice.clone();
+        r.parallel_tool_calls = parallel;
+        p.complete(&r, NO_DELTA).await.unwrap();
+        let (_, body) = server.seen().pop().unwrap();
+        assert_eq!(body.get("tool_choice"), want.as_ref(), "{choice:?} {parallel:?}");
+        assert!(body.get("parallel_tool_calls").is_none(), "not an Anthropic field");
+        assert_eq!(body["tools"].as_array().map(Vec::len), Some(1), "tools stay offered with any choice");
+    }
+    let mut r = request(false);
+    r.tool_choice = Some(ToolChoice::Required);
+    r.parallel_tool_calls = Some(false);
+    p.complete(&r, NO_DELTA).await.unwrap();
+    let (_, body) = server.seen().pop().unwrap();
+    assert!(body.get("tools").is_none() && body.get("tool_choice").is_none(), "{body}");
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
 use serde_json::{Value, json};
-use stead_core::agent::{ModelSpec, Provider};
+use stead_core::agent::{ModelSpec, Provider, ToolChoice};
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 use stead_model::{
     ErrorKind, ModelProvider, ModelRequest, OpenAiProvider, ProviderDefaults, Providers, RetryPolicy,
@@ -193,6 +193,8 @@ fn request(stream: bool) -> ModelRequest {
         temperature: None,
         max_tokens: None,
         stream,
+        tool_choice: None,
+        parallel_tool_calls: None,
     }
 }
 
@@ -310,6 +312,8 @@ async fn request_body_and_authorization() {
         temperature: Some(0.5),
         max_tokens: Some(100),
         stream: false,
+        tool_choice: None,
+        parallel_tool_calls: None,
     };
 
     // Through the registry, with a key from the defaults: the header is sent.
@@ -324,6 +328,8 @@ async fn request_body_and_authorization() {
         timeout_secs: 10,
         max_retries: 0,
         chunk_delay_ms: 0,
+        tool_choice: None,
+        parallel_tool_calls: None,
     };
     let with_key = Providers::new(ProviderDefaults {
         openai_base_url: Some(server.base_url.clone()),
@@ -382,6 +388,36 @@ async fn request_body_and_authorization() {
     assert_eq!(body["stream_options"], json!({"include_usage": true}));
     assert!(body.get("tools").is_none(), "no tools key when there are no tools");
     assert!(body.get("temperature").is_none() && body.get("max_tokens").is_none());
+
+    // Unset, tool_choice and parallel_tool_calls stay out (the exact body above has neither).
+    // Set, they go out with the tools, in OpenAI's shapes; without tools they stay out.
+    let p = without_key.for_spec(&spec).unwrap();
+    for (choice, want) in [
+        (ToolChoice::Auto, json!("auto")),
+        (ToolChoice::None, json!("none")),
+        (ToolChoice::Required, json!("required")),
+        (ToolChoice::Function("clock".into()), json!({"type": "function", "function": {"name": "clock"}})),
+    ] {
+        let mut r = req.clone();
+        r.tool_choice = Some(choice);
+        r.parallel_tool_calls = Some(false);
+        p.complete(&r, NO_DELTA).await.unwrap();
+        let (_, body) = server.seen().pop().unwrap();
+        assert_eq!(body["tool_choice"], want);
+        assert_eq!(body["parallel_tool_calls"], json!(false));
+        assert_eq!(body["tools"].as_array().map(Vec::len), Some(1), "tools stay offered with any choice");
+    }
+    let mut r = req.clone();
+    r.parallel_tool_calls = Some(true);
+    p.complete(&r, NO_DELTA).await.unwrap();
+    let (_, body) = server.seen().pop().unwrap();
+    assert_eq!(body["parallel_tool_calls"], json!(true));
+    assert!(body.get("tool_choice").is_none());
+    r.tools.clear();
+    r.tool_choice = Some(ToolChoice::Required);
+    p.complete(&r, NO_DELTA).await.unwrap();
+    let (_, body) = server.seen().pop().unwrap();
+    assert!(body.get("tool_choice").is_none() && body.get("parallel_tool_calls").is_none(), "{body}");
 }
 
 #[tokio::test]

@@ -19,6 +19,8 @@ fn req(messages: Vec<Message>, tools: &[&str], stream: bool) -> ModelRequest {
         temperature: None,
         max_tokens: None,
         stream,
+        tool_choice: None,
+        parallel_tool_calls: None,
     }
 }
 
@@ -205,6 +207,8 @@ async fn registry_builds_the_scripted_model() {
         timeout_secs: 5,
         max_retries: 0,
         chunk_delay_ms: 0,
+        tool_choice: None,
+        parallel_tool_calls: None,
     };
     let p = Providers::new(ProviderDefaults::default()).for_spec(&spec).unwrap();
     let r = p.complete(&req(vec![user("hi")], &[], true), &|_| {}).await.unwrap();

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use stead_api::authenticate;
 use stead_core::agent::Provider;
 use stead_core::message::{Message, ToolCall, ToolDef};
-use stead_model::{DEFAULT_OPENAI_BASE_URL, ModelRequest, ModelResponse};
+use stead_model::{DEFAULT_OPENAI_BASE_URL, ModelRequest, ModelResponse, ToolChoice};
 
 use crate::OaiState;
 use crate::error::{OaiError, OaiResult};
@@ -185,6 +185,27 @@ fn tools(req: &Value) -> Vec<ToolDef> {
         .unwrap_or_default()
 }
 
+/// A chat-completions `tool_choice`: `"auto"`, `"none"`, `"required"`, or
+/// `{"type": "function", "function": {"name": N}}`.
+fn chat_tool_choice(v: &Value) -> OaiResult<Option<ToolChoice>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s == "auto" => Ok(Some(ToolChoice::Auto)),
+        Value::String(s) if s == "none" => Ok(Some(ToolChoice::None)),
+        Value::String(s) if s == "required" => Ok(Some(ToolChoice::Required)),
+        v if v["type"] == "function" && v["function"]["name"].is_string() => {
+            Ok(Some(ToolChoice::Function(v["function"]["name"].as_str().unwrap_or_default().to_owned())))
+        }
+        other => Err(OaiError::unsupported(
+            "tool_choice",
+            format!(
+                "tool_choice {other} is not supported by this server; use 'auto', 'none', 'required' or \
+                 {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}."
+            ),
+        )),
+    }
+}
+
 fn tool_calls_json(calls: &[ToolCall]) -> Value {
     Value::Array(
         calls
@@ -227,6 +248,8 @@ async fn translated(st: &OaiState, model: &str, req: Value) -> OaiResult<Respons
         temperature,
         max_tokens: req["max_completion_tokens"].as_u64().or(req["max_tokens"].as_u64()).map(|m| m as u32),
         stream,
+        tool_choice: chat_tool_choice(&req["tool_choice"])?,
+        parallel_tool_calls: req["parallel_tool_calls"].as_bool(),
     };
     let id = completion_id();
     let created = stead_core::time::Timestamp::now().millis() / 1000;
@@ -383,4 +406,25 @@ pub async fn retrieve_model(State(st): State<OaiState>, headers: HeaderMap, Path
         Ok::<_, OaiError>(Json(model_object(&id, owner(route.provider))).into_response())
     };
     go.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_tool_choice_shapes() {
+        assert_eq!(chat_tool_choice(&Value::Null).unwrap(), None);
+        assert_eq!(chat_tool_choice(&json!("auto")).unwrap(), Some(ToolChoice::Auto));
+        assert_eq!(chat_tool_choice(&json!("none")).unwrap(), Some(ToolChoice::None));
+        assert_eq!(chat_tool_choice(&json!("required")).unwrap(), Some(ToolChoice::Required));
+        assert_eq!(
+            chat_tool_choice(&json!({"type": "function", "function": {"name": "clock"}})).unwrap(),
+            Some(ToolChoice::Function("clock".into()))
+        );
+        for bad in [json!("sometimes"), json!({"type": "function"}), json!({"type": "allowed_tools"}), json!(3)] {
+            let e = chat_tool_choice(&bad).unwrap_err();
+            assert_eq!((e.param.as_deref(), e.code.as_deref()), (Some("tool_choice"), Some("unsupported_parameter")));
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use stead_core::agent::ModelSpec;
+use stead_core::agent::{ModelSpec, ToolChoice};
 use stead_core::ids::ApprovalId;
 use stead_core::message::{Message, ToolCall};
 
@@ -105,17 +105,106 @@ pub fn validate(req: &CreateResponse) -> OaiResult<()> {
             "A response in a conversation is stored; drop 'store': false.",
         ));
     }
-    match &req.tool_choice {
-        None => {}
-        Some(Value::String(s)) if s == "auto" || s == "none" => {}
-        Some(other) => {
-            return Err(OaiError::unsupported(
-                "tool_choice",
-                format!("tool_choice {other} is not supported by this server; use 'auto' or 'none'."),
-            ));
-        }
-    }
+    tool_choice(req)?;
     Ok(())
+}
+
+/// The request's `tool_choice` as Stead's: `"auto"`, `"none"`, `"required"`,
+/// `{"type": "function", "name": N}` for one of the request's function tools, or
+/// `{"type": "mcp", "server_label": L, "name": N}` for a tool of one of its MCP servers
+/// (which the model sees as `SLUG__N`, see [`mcp_slug`]). Hosted tools and `allowed_tools`
+/// are refused.
+pub fn tool_choice(req: &CreateResponse) -> OaiResult<Option<ToolChoice>> {
+    let bad = |code: &str, msg: String| OaiError::invalid("tool_choice", code, msg);
+    let of_type =
+        |kind: &'static str| req.tools.iter().filter(move |t| t.get("type").and_then(Value::as_str) == Some(kind));
+    let choice = match &req.tool_choice {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(bad(
+                    "invalid_value",
+                    format!("Invalid 'tool_choice': '{other}'. Expected 'auto', 'none', 'required' or an object."),
+                ));
+            }
+        },
+        Some(Value::Object(o)) => {
+            let kind = o.get("type").and_then(Value::as_str).unwrap_or_default();
+            let name = || {
+                o.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or_else(|| {
+                    OaiError::invalid(
+                        "tool_choice.name",
+                        "missing_required_parameter",
+                        format!("'tool_choice.name' is required for a tool_choice of type '{kind}'."),
+                    )
+                })
+            };
+            match kind {
+                "function" => {
+                    let name = name()?;
+                    if !of_type("function").any(|t| t.get("name").and_then(Value::as_str) == Some(name)) {
+                        return Err(bad(
+                            "invalid_value",
+                            format!(
+                                "Tool choice 'function' names '{name}', but no function tool of that name is in 'tools'."
+                            ),
+                        ));
+                    }
+                    ToolChoice::Function(name.to_owned())
+                }
+                "mcp" => {
+                    let label = o.get("server_label").and_then(Value::as_str).unwrap_or_default();
+                    let server = of_type("mcp")
+                        .find(|t| t.get("server_label").and_then(Value::as_str) == Some(label))
+                        .ok_or_else(|| {
+                            bad(
+                                "invalid_value",
+                                format!(
+                                    "Tool choice 'mcp' names server_label '{label}', but no mcp tool in 'tools' has it."
+                                ),
+                            )
+                        })?;
+                    let Some(name) = o.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) else {
+                        return Err(OaiError::unsupported(
+                            "tool_choice.name",
+                            "A tool_choice of type 'mcp' without a 'name' is not supported by this server; name the tool.",
+                        ));
+                    };
+                    let allowed = match server.get("allowed_tools") {
+                        Some(Value::Array(names)) => Some(names),
+                        Some(Value::Object(f)) => f.get("tool_names").and_then(Value::as_array),
+                        _ => None,
+                    };
+                    if allowed.is_some_and(|names| !names.iter().any(|n| n.as_str() == Some(name))) {
+                        return Err(bad(
+                            "invalid_value",
+                            format!("Tool choice 'mcp' names '{name}', which server '{label}' does not allow."),
+                        ));
+                    }
+                    ToolChoice::Function(format!("{}__{name}", mcp_slug(label)))
+                }
+                other => {
+                    return Err(OaiError::unsupported(
+                        "tool_choice",
+                        format!(
+                            "A tool_choice of type '{other}' is not supported by this server; use 'auto', 'none', \
+                             'required', a function or an mcp tool."
+                        ),
+                    ));
+                }
+            }
+        }
+        Some(_) => {
+            return Err(bad("invalid_type", "'tool_choice' must be a string or an object.".into()));
+        }
+    };
+    if choice == ToolChoice::Required && of_type("function").chain(of_type("mcp")).next().is_none() {
+        return Err(bad("invalid_value", "Tool choice 'required' needs at least one tool in 'tools'.".into()));
+    }
+    Ok(Some(choice))
 }
 
 /// OpenAI's metadata limits: 16 pairs, keys up to 64 characters, string values up to 512.
@@ -353,7 +442,6 @@ pub fn run_agent(req: &CreateResponse, model: ModelSpec, max_messages: u32) -> O
     let mut servers = Vec::new();
     let mut mcp = Vec::new();
     let mut mcp_labels = BTreeMap::new();
-    let offer_tools = req.tool_choice.as_ref().and_then(Value::as_str) != Some("none");
     for (i, t) in req.tools.iter().enumerate() {
         let param = format!("tools[{i}]");
         let kind = t.get("type").and_then(Value::as_str).unwrap_or("");
@@ -396,6 +484,13 @@ pub fn run_agent(req: &CreateResponse, model: ModelSpec, max_messages: u32) -> O
     if let Some(m) = req.max_output_tokens {
         model_json["max_tokens"] = json!(m);
     }
+    // With `none` the tools stay offered (the model knows them but may not call them), as OpenAI does.
+    if let Some(c) = tool_choice(req)? {
+        model_json["tool_choice"] = serde_json::to_value(c).expect("a tool choice serializes");
+    }
+    if let Some(p) = req.parallel_tool_calls {
+        model_json["parallel_tool_calls"] = json!(p);
+    }
     let max_messages = if req.truncation.as_deref() == Some("disabled") { 10_000 } else { max_messages };
     let mut spec = json!({
         "model": model_json,
@@ -406,13 +501,11 @@ pub fn run_agent(req: &CreateResponse, model: ModelSpec, max_messages: u32) -> O
     if let Some(i) = req.instructions.as_deref().filter(|i| !i.is_empty()) {
         spec["instructions"] = json!(i);
     }
-    if offer_tools {
-        if !tools.is_empty() {
-            spec["tools"] = Value::Array(tools);
-        }
-        if !servers.is_empty() {
-            spec["mcp_servers"] = Value::Array(servers);
-        }
+    if !tools.is_empty() {
+        spec["tools"] = Value::Array(tools);
+    }
+    if !servers.is_empty() {
+        spec["mcp_servers"] = Value::Array(servers);
     }
     // Same settings, same agent version: the name is the settings' hash.
     let digest = Sha256::digest(spec.to_string().as_bytes());
@@ -536,4 +629,139 @@ fn mcp_server(t: &Value, param: &str) -> OaiResult<(Value, McpTool)> {
         }
     }
     Ok((server, McpTool { label: label.to_owned(), slug, url: url.to_owned() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use stead_core::agent::{AgentSpec, Provider, SpecFormat};
+
+    use super::*;
+
+    fn req(body: Value) -> CreateResponse {
+        serde_json::from_value(body).unwrap()
+    }
+
+    fn tools() -> Value {
+        json!([
+            {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+            {"type": "mcp", "server_label": "Docs_Server", "server_url": "https://mcp.example/sse"},
+            {"type": "mcp", "server_label": "git", "server_url": "https://git.example/mcp",
+             "allowed_tools": {"tool_names": ["log"]}},
+        ])
+    }
+
+    fn model() -> ModelSpec {
+        ModelSpec {
+            provider: Provider::Scripted,
+            name: "echo".into(),
+            base_url: None,
+            api_key_env: None,
+            temperature: None,
+            max_tokens: None,
+            stream: true,
+            timeout_secs: 120,
+            max_retries: 2,
+            chunk_delay_ms: 0,
+            tool_choice: None,
+            parallel_tool_calls: None,
+        }
+    }
+
+    /// The agent a request runs, checked the way the engine checks it.
+    fn agent(body: Value) -> AgentSpec {
+        let run = run_agent(&req(body), model(), 200).unwrap();
+        AgentSpec::parse(&run.spec.to_string(), SpecFormat::Json).unwrap()
+    }
+
+    #[test]
+    fn tool_choice_values_are_accepted() {
+        for (choice, want) in [
+            (json!(null), None),
+            (json!("auto"), Some(ToolChoice::Auto)),
+            (json!("none"), Some(ToolChoice::None)),
+            (json!("required"), Some(ToolChoice::Required)),
+            (json!({"type": "function", "name": "get_weather"}), Some(ToolChoice::Function("get_weather".into()))),
+            (
+                json!({"type": "mcp", "server_label": "Docs_Server", "name": "search"}),
+                Some(ToolChoice::Function("docs-server__search".into())),
+            ),
+            (
+                json!({"type": "mcp", "server_label": "git", "name": "log"}),
+                Some(ToolChoice::Function("git__log".into())),
+            ),
+        ] {
+            let r = req(json!({"input": "hi", "tools": tools(), "tool_choice": choice}));
+            validate(&r).unwrap_or_else(|e| panic!("{choice}: {}", e.message));
+            assert_eq!(tool_choice(&r).unwrap(), want, "{choice}");
+        }
+    }
+
+    #[test]
+    fn bad_tool_choices_are_refused() {
+        for (tools, choice, param, code) in [
+            (tools(), json!({"type": "function", "name": "nope"}), "tool_choice", "invalid_value"),
+            (json!([]), json!({"type": "function", "name": "get_weather"}), "tool_choice", "invalid_value"),
+            (tools(), json!({"type": "function"}), "tool_choice.name", "missing_required_parameter"),
+            (tools(), json!({"type": "mcp", "server_label": "other", "name": "x"}), "tool_choice", "invalid_value"),
+            (tools(), json!({"type": "mcp", "server_label": "git", "name": "push"}), "tool_choice", "invalid_value"),
+            (tools(), json!({"type": "mcp", "server_label": "git"}), "tool_choice.name", "unsupported_parameter"),
+            (json!([]), json!("required"), "tool_choice", "invalid_value"),
+            (tools(), json!("sometimes"), "tool_choice", "invalid_value"),
+            (tools(), json!(7), "tool_choice", "invalid_type"),
+            (
+                tools(),
+                json!({"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "get_weather"}]}),
+                "tool_choice",
+                "unsupported_parameter",
+            ),
+            (tools(), json!({"type": "file_search"}), "tool_choice", "unsupported_parameter"),
+            (tools(), json!({"type": "web_search_preview"}), "tool_choice", "unsupported_parameter"),
+        ] {
+            let e = validate(&req(json!({"input": "hi", "tools": tools, "tool_choice": choice}))).unwrap_err();
+            assert_eq!(e.status.as_u16(), 400, "{choice}");
+            assert_eq!((e.param.as_deref(), e.code.as_deref()), (Some(param), Some(code)), "{choice}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn run_agent_carries_tool_choice_and_parallel_tool_calls() {
+        // Unset: nothing in the model, tools offered.
+        let a = agent(json!({"input": "hi", "tools": tools()}));
+        assert_eq!((a.model.tool_choice, a.model.parallel_tool_calls), (None, None));
+        assert_eq!(a.tools.len(), 1);
+        assert_eq!(a.mcp_servers.len(), 2);
+
+        // `none` keeps the tools offered and says so in the model.
+        let run =
+            run_agent(&req(json!({"input": "hi", "tools": tools(), "tool_choice": "none"})), model(), 200).unwrap();
+        assert_eq!(run.spec["model"]["tool_choice"], json!("none"));
+        let a = agent(json!({"input": "hi", "tools": tools(), "tool_choice": "none", "parallel_tool_calls": false}));
+        assert_eq!(a.model.tool_choice, Some(ToolChoice::None));
+        assert_eq!(a.model.parallel_tool_calls, Some(false));
+        assert_eq!((a.tools.len(), a.mcp_servers.len()), (1, 2));
+
+        let a = agent(json!({"input": "hi", "tools": tools(), "tool_choice": "required", "parallel_tool_calls": true}));
+        assert_eq!((a.model.tool_choice, a.model.parallel_tool_calls), (Some(ToolChoice::Required), Some(true)));
+
+        let run = run_agent(
+            &req(json!({"input": "hi", "tools": tools(), "tool_choice": {"type": "function", "name": "get_weather"}})),
+            model(),
+            200,
+        )
+        .unwrap();
+        assert_eq!(run.spec["model"]["tool_choice"], json!({"function": "get_weather"}));
+
+        // An MCP choice names the tool as the model sees it, and the agent accepts it.
+        let a = agent(json!({"input": "hi", "tools": tools(),
+                             "tool_choice": {"type": "mcp", "server_label": "Docs_Server", "name": "search"}}));
+        assert_eq!(a.model.tool_choice, Some(ToolChoice::Function("docs-server__search".into())));
+
+        // Different choices, different agent versions.
+        let name = |choice: Value| {
+            run_agent(&req(json!({"input": "hi", "tools": tools(), "tool_choice": choice})), model(), 200).unwrap().spec
+                ["name"]
+                .clone()
+        };
+        assert_ne!(name(json!("auto")), name(json!("none")));
+    }
 }

@@ -142,6 +142,8 @@ impl ModelRoutes {
             timeout_secs: 120,
             max_retries: 2,
             chunk_delay_ms: r.chunk_delay_ms,
+            tool_choice: None,
+            parallel_tool_calls: None,
         })
     }
 }
