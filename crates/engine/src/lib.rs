@@ -559,19 +559,8 @@ impl Engine {
             if !run.status().is_terminal() {
                 return Err(Error::InvalidInput(format!("run {run_id} is {}; cancel it first", run.status().as_str())));
             }
-            let session = store.get_session(tenant, &run.session_id).await?;
-            let req = AppendRequest {
-                tenant_id: tenant.clone(),
-                session_id: run.session_id,
-                expected_head: session.head_seq,
-                events: vec![NewEvent {
-                    run_id: Some(*run_id),
-                    actor: Actor::principal(principal),
-                    body: EventBody::RunDeleted {},
-                }],
-                fence: None,
-            };
-            if self.append_unfenced(req).await? {
+            let body = EventBody::RunDeleted {};
+            if self.append_at_head(tenant, &run.session_id, Some(*run_id), principal, body).await?.is_some() {
                 return Ok(());
             }
             backoff(attempt).await;
@@ -586,23 +575,38 @@ impl Engine {
         session_id: &SessionId,
         body: EventBody,
     ) -> Result<Event> {
-        let store = &self.inner.store;
         for attempt in 0..MAX_CAS_ATTEMPTS {
-            let session = store.get_session(tenant, session_id).await?;
-            let req = AppendRequest {
-                tenant_id: tenant.clone(),
-                session_id: *session_id,
-                expected_head: session.head_seq,
-                events: vec![NewEvent { run_id: None, actor: Actor::principal(principal), body: body.clone() }],
-                fence: None,
-            };
-            match store.append(req).await {
-                Ok(mut events) => return Ok(events.remove(0)),
-                Err(stead_store::Error::Conflict { .. }) => backoff(attempt).await,
-                Err(e) => return Err(e.into()),
+            if let Some(e) = self.append_at_head(tenant, session_id, None, principal, body.clone()).await? {
+                return Ok(e);
             }
+            backoff(attempt).await;
         }
         Err(Error::Contention(session_id.to_string()))
+    }
+
+    /// A command's one event, appended at the session's current head: `None` when the head
+    /// moved or the run's state no longer fits (the caller re-reads and decides again).
+    async fn append_at_head(
+        &self,
+        tenant: &TenantId,
+        session_id: &SessionId,
+        run_id: Option<RunId>,
+        principal: &str,
+        body: EventBody,
+    ) -> Result<Option<Event>> {
+        let session = self.inner.store.get_session(tenant, session_id).await?;
+        let req = AppendRequest {
+            tenant_id: tenant.clone(),
+            session_id: *session_id,
+            expected_head: session.head_seq,
+            events: vec![NewEvent { run_id, actor: Actor::principal(principal), body }],
+            fence: None,
+        };
+        match self.inner.store.append(req).await {
+            Ok(mut events) => Ok(Some(events.remove(0))),
+            Err(stead_store::Error::Conflict { .. } | stead_store::Error::InvalidTransition { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Cancels a run: at once if no worker holds it, otherwise at the worker's next safe point.
@@ -622,19 +626,8 @@ impl Engine {
             if run.state.cancel_requested.is_some() && run.lease.is_some() {
                 return Ok(run); // already requested; the worker will act on it
             }
-            let session = store.get_session(tenant, &run.session_id).await?;
-            let req = AppendRequest {
-                tenant_id: tenant.clone(),
-                session_id: run.session_id,
-                expected_head: session.head_seq,
-                events: vec![NewEvent {
-                    run_id: Some(*run_id),
-                    actor: Actor::principal(principal),
-                    body: cancel_body(&run, reason),
-                }],
-                fence: None,
-            };
-            if self.append_unfenced(req).await? {
+            let body = cancel_body(&run, reason);
+            if self.append_at_head(tenant, &run.session_id, Some(*run_id), principal, body).await?.is_some() {
                 return Ok(store.get_run(tenant, run_id).await?);
             }
             backoff(attempt).await;

@@ -233,14 +233,7 @@ impl RunDriver {
             .iter()
             .flat_map(|e| match &e.body {
                 EventBody::ToolCallCompleted { call_id, .. } => vec![call_id.clone()],
-                EventBody::RunCreated { input, .. } => input
-                    .iter()
-                    .filter_map(|m| match m {
-                        Message::Tool { call_id, .. } => Some(call_id.clone()),
-                        _ => None,
-                    })
-                    .collect(),
-                _ => Vec::new(),
+                body => answered_calls(body).into_iter().map(str::to_owned).collect(),
             })
             .collect();
         for e in &ordered {
@@ -577,16 +570,7 @@ impl RunDriver {
         {
             return;
         }
-        let answers: Vec<&str> = match &e.body {
-            EventBody::RunCreated { input, .. } => input
-                .iter()
-                .filter_map(|m| match m {
-                    Message::Tool { call_id, .. } => Some(call_id.as_str()),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let answers = answered_calls(&e.body);
         let holdable = matches!(
             e.body,
             EventBody::RunCreated { .. } | EventBody::ItemsAdded { .. } | EventBody::ItemRemoved { .. }
@@ -658,6 +642,21 @@ fn conversation_order(mut window: Vec<Event>, me: RunId, my_created_seq: u64) ->
     };
     window.sort_by_key(|e| (run_order(e), e.seq));
     window
+}
+
+/// The calls a run's input answers with tool results (the client's outputs for calls an
+/// earlier run ended on).
+fn answered_calls(body: &EventBody) -> Vec<&str> {
+    match body {
+        EventBody::RunCreated { input, .. } => input
+            .iter()
+            .filter_map(|m| match m {
+                Message::Tool { call_id, .. } => Some(call_id.as_str()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn is_terminal_body(b: &EventBody) -> bool {

@@ -17,7 +17,7 @@ use stead_core::event::Event;
 use stead_core::ids::SessionId;
 use stead_store::SessionRecord;
 
-use crate::error::{OaiError, OaiResult, body_error};
+use crate::error::{OaiError, OaiResult, body_error, respond};
 use crate::items::{Rendered, render};
 use crate::list::{ListQuery, page};
 use crate::request::{check_metadata, parse_input};
@@ -115,12 +115,8 @@ fn items_as_messages(items: &[Value]) -> OaiResult<Vec<stead_core::message::Mess
     Ok(parsed.messages)
 }
 
-async fn run(f: impl std::future::Future<Output = OaiResult<Response>>) -> Response {
-    f.await.unwrap_or_else(IntoResponse::into_response)
-}
-
 pub async fn create(State(st): State<OaiState>, headers: HeaderMap, body: Bytes) -> Response {
-    run(async move {
+    respond(async move {
         let p = authenticate(&st.auth, &headers)?;
         let req: CreateConversation = if body.is_empty() { CreateConversation::default() } else { parse(&body)? };
         let metadata = req.metadata.unwrap_or_default();
@@ -150,7 +146,7 @@ pub async fn create(State(st): State<OaiState>, headers: HeaderMap, body: Bytes)
 }
 
 pub async fn retrieve(State(st): State<OaiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    run(async move {
+    respond(async move {
         let p = authenticate(&st.auth, &headers)?;
         let s = load(&st, &p, &id).await?;
         Ok(Json(conversation_object(&s)).into_response())
@@ -159,7 +155,7 @@ pub async fn retrieve(State(st): State<OaiState>, headers: HeaderMap, Path(id): 
 }
 
 pub async fn update(State(st): State<OaiState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
-    run(async move {
+    respond(async move {
         let p = authenticate(&st.auth, &headers)?;
         let req: UpdateConversation = parse(&body)?;
         check_metadata(&req.metadata)?;
@@ -176,7 +172,7 @@ pub async fn update(State(st): State<OaiState>, headers: HeaderMap, Path(id): Pa
 }
 
 pub async fn delete(State(st): State<OaiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    run(async move {
+    respond(async move {
         let p = authenticate(&st.auth, &headers)?;
         let s = load(&st, &p, &id).await?;
         st.engine.store().delete_session(&p.tenant, &s.id).await?;
@@ -191,7 +187,7 @@ pub async fn create_items(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    run(async move {
+    respond(async move {
         let p = authenticate(&st.auth, &headers)?;
         let req: CreateItems = parse(&body)?;
         let s = load(&st, &p, &id).await?;
@@ -219,7 +215,7 @@ pub async fn list_items(
     Path(id): Path<String>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    run(async move {
+    respond(async move {
         let p = authenticate(&st.auth, &headers)?;
         let Query(q) = q.map_err(|e| OaiError::invalid("query", "invalid_value", e.body_text()))?;
         let s = load(&st, &p, &id).await?;
@@ -243,7 +239,7 @@ pub async fn retrieve_item(
     headers: HeaderMap,
     Path((id, item_id)): Path<(String, String)>,
 ) -> Response {
-    run(async move {
+    respond(async move {
         let p = authenticate(&st.auth, &headers)?;
         let (_, item) = find_item(&st, &p, &id, &item_id).await?;
         Ok(Json(item.item).into_response())
@@ -256,7 +252,7 @@ pub async fn delete_item(
     headers: HeaderMap,
     Path((id, item_id)): Path<(String, String)>,
 ) -> Response {
-    run(async move {
+    respond(async move {
         let p = authenticate(&st.auth, &headers)?;
         let (s, item) = find_item(&st, &p, &id, &item_id).await?;
         st.engine.remove_item(&p.tenant, &p.id, &s.id, item.seq, item.index >> 12).await?;

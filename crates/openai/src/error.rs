@@ -99,3 +99,8 @@ pub fn body_error(e: &serde_json::Error) -> OaiError {
     }
     OaiError::new(StatusCode::BAD_REQUEST, "invalid_request_body", format!("Invalid request body: {text}"))
 }
+
+/// Runs a handler body and turns its error into OpenAI's error response.
+pub async fn respond(f: impl std::future::Future<Output = OaiResult<Response>>) -> Response {
+    f.await.unwrap_or_else(IntoResponse::into_response)
+}

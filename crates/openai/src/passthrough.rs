@@ -17,7 +17,7 @@ use stead_core::message::{Message, ToolCall, ToolDef};
 use stead_model::{DEFAULT_OPENAI_BASE_URL, ModelRequest, ModelResponse, ToolChoice};
 
 use crate::OaiState;
-use crate::error::{OaiError, OaiResult};
+use crate::error::{OaiError, OaiResult, respond};
 use crate::request::content_text;
 use crate::routes::ModelRoute;
 
@@ -53,7 +53,7 @@ fn upstream(st: &OaiState, route: &ModelRoute) -> OaiResult<(String, Option<Stri
 }
 
 pub async fn chat_completions(State(st): State<OaiState>, headers: HeaderMap, body: Bytes) -> Response {
-    let go = async {
+    respond(async {
         authenticate(&st.auth, &headers)?;
         let mut req: Value = serde_json::from_slice(&body).map_err(|e| {
             OaiError::new(StatusCode::BAD_REQUEST, "invalid_request_body", format!("Invalid request body: {e}"))
@@ -74,8 +74,8 @@ pub async fn chat_completions(State(st): State<OaiState>, headers: HeaderMap, bo
             return forward(&st, &route, "/chat/completions", Some(req)).await;
         }
         translated(&st, &model, req).await
-    };
-    go.await.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 /// Sends the request on to the route's server and relays its answer, status, type and body
@@ -347,7 +347,7 @@ fn owner(p: Provider) -> &'static str {
 }
 
 pub async fn list_models(State(st): State<OaiState>, headers: HeaderMap) -> Response {
-    let go = async {
+    respond(async {
         authenticate(&st.auth, &headers)?;
         let configured = st.options.routes.routes().to_vec();
         let routes = if configured.is_empty() { vec![st.options.routes.route("*")?] } else { configured };
@@ -379,9 +379,9 @@ pub async fn list_models(State(st): State<OaiState>, headers: HeaderMap) -> Resp
                 push(model_object(prefix, owner(r.provider)));
             }
         }
-        Ok::<_, OaiError>(Json(json!({"object": "list", "data": data})).into_response())
-    };
-    go.await.unwrap_or_else(IntoResponse::into_response)
+        Ok(Json(json!({"object": "list", "data": data})).into_response())
+    })
+    .await
 }
 
 async fn upstream_models(st: &OaiState, route: &ModelRoute) -> OaiResult<Vec<Value>> {
@@ -400,12 +400,12 @@ async fn upstream_models(st: &OaiState, route: &ModelRoute) -> OaiResult<Vec<Val
 }
 
 pub async fn retrieve_model(State(st): State<OaiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let go = async {
+    respond(async {
         authenticate(&st.auth, &headers)?;
         let route = st.options.routes.route(&id)?;
-        Ok::<_, OaiError>(Json(model_object(&id, owner(route.provider))).into_response())
-    };
-    go.await.unwrap_or_else(IntoResponse::into_response)
+        Ok(Json(model_object(&id, owner(route.provider))).into_response())
+    })
+    .await
 }
 
 #[cfg(test)]

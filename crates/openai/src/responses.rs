@@ -19,7 +19,7 @@ use stead_core::run::RunStatus;
 use stead_engine::{Decider, DecisionInput, RunInput};
 use stead_store::RunRecord;
 
-use crate::error::{OaiError, OaiResult, body_error};
+use crate::error::{OaiError, OaiResult, body_error, respond};
 use crate::items::{META_KEY, Rendered, Side, render};
 use crate::list::{ListQuery, page};
 use crate::request::{CreateResponse, ParsedInput, parse_input, run_agent, validate};
@@ -605,7 +605,7 @@ pub async fn retrieve(
     Path(id): Path<String>,
     q: Result<Query<RetrieveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let go = async {
+    respond(async {
         let p = authenticate(&st.auth, &headers)?;
         let Query(q) = q.map_err(|e| OaiError::invalid("query", "invalid_value", e.body_text()))?;
         let run = load_run(&st, &p.tenant, &id).await?;
@@ -618,13 +618,13 @@ pub async fn retrieve(
             );
         }
         let events = run_events(&st, &run).await?;
-        Ok::<_, OaiError>(Json(response_object(&run, &events)).into_response())
-    };
-    go.await.unwrap_or_else(IntoResponse::into_response)
+        Ok(Json(response_object(&run, &events)).into_response())
+    })
+    .await
 }
 
 pub async fn delete(State(st): State<OaiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let go = async {
+    respond(async {
         let p = authenticate(&st.auth, &headers)?;
         let run = load_run(&st, &p.tenant, &id).await?;
         if !run.status().is_terminal() {
@@ -632,13 +632,13 @@ pub async fn delete(State(st): State<OaiState>, headers: HeaderMap, Path(id): Pa
             st.engine.wait_for_run(&p.tenant, &run.id, std::time::Duration::from_secs(30)).await?;
         }
         st.engine.delete_run(&p.tenant, &p.id, &run.id).await?;
-        Ok::<_, OaiError>(Json(json!({"id": id, "object": "response", "deleted": true})).into_response())
-    };
-    go.await.unwrap_or_else(IntoResponse::into_response)
+        Ok(Json(json!({"id": id, "object": "response", "deleted": true})).into_response())
+    })
+    .await
 }
 
 pub async fn cancel(State(st): State<OaiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let go = async {
+    respond(async {
         let p = authenticate(&st.auth, &headers)?;
         let run = load_run(&st, &p.tenant, &id).await?;
         let events = run_events(&st, &run).await?;
@@ -659,8 +659,8 @@ pub async fn cancel(State(st): State<OaiState>, headers: HeaderMap, Path(id): Pa
         let done = st.engine.wait_for_run(&p.tenant, &run.id, std::time::Duration::from_secs(30)).await?;
         let events = run_events(&st, &done).await?;
         Ok(Json(response_object(&done, &events)).into_response())
-    };
-    go.await.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 pub async fn input_items(
@@ -669,7 +669,7 @@ pub async fn input_items(
     Path(id): Path<String>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let go = async {
+    respond(async {
         let p = authenticate(&st.auth, &headers)?;
         let Query(q) = q.map_err(|e| OaiError::invalid("query", "invalid_value", e.body_text()))?;
         let run = load_run(&st, &p.tenant, &id).await?;
@@ -679,7 +679,7 @@ pub async fn input_items(
             .filter(|r: &Rendered| r.run == Some(run.id) && r.side == Side::Input)
             .map(|r| r.item)
             .collect();
-        Ok::<_, OaiError>(Json(page(items, &q, "desc")?).into_response())
-    };
-    go.await.unwrap_or_else(IntoResponse::into_response)
+        Ok(Json(page(items, &q, "desc")?).into_response())
+    })
+    .await
 }
