@@ -383,10 +383,7 @@ fn echo_meta(req: &CreateResponse, model: &str, mcp_labels: &std::collections::B
 }
 
 pub async fn create(State(st): State<OaiState>, headers: HeaderMap, body: Bytes) -> Response {
-    match create_inner(st, headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    respond(create_inner(st, headers, body)).await
 }
 
 async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResult<Response> {
