@@ -258,41 +258,42 @@ async fn translated(st: &OaiState, model: &str, req: Value) -> OaiResult<Respons
         let resp = provider.complete(&request, &|_| {}).await.map_err(model_error)?;
         return Ok(Json(completion(&id, created, &model_name, &resp)).into_response());
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    // Unbounded: the model's pieces must all arrive (the answer bounds the memory), and
+    // `on_delta` cannot wait.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
     tokio::spawn(async move {
         let chunk = |delta: Value, finish: Value| {
             let c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model_name,
                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
             Bytes::from(format!("data: {c}\n\n"))
         };
-        let _ = tx.send(Ok(chunk(json!({"role": "assistant", "content": ""}), Value::Null))).await;
+        let _ = tx.send(Ok(chunk(json!({"role": "assistant", "content": ""}), Value::Null)));
         let sender = tx.clone();
         let on_delta = move |text: &str| {
-            let _ = sender.try_send(Ok(chunk(json!({"content": text}), Value::Null)));
+            let _ = sender.send(Ok(chunk(json!({"content": text}), Value::Null)));
         };
         match provider.complete(&request, &on_delta).await {
             Ok(resp) => {
                 if !resp.tool_calls.is_empty() {
-                    let _ =
-                        tx.send(Ok(chunk(json!({"tool_calls": tool_calls_json(&resp.tool_calls)}), Value::Null))).await;
+                    let _ = tx.send(Ok(chunk(json!({"tool_calls": tool_calls_json(&resp.tool_calls)}), Value::Null)));
                 }
-                let _ = tx.send(Ok(chunk(json!({}), json!(finish_reason(&resp))))).await;
+                let _ = tx.send(Ok(chunk(json!({}), json!(finish_reason(&resp)))));
                 if include_usage {
                     let u = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model_name,
                                    "choices": [], "usage": usage(&resp)});
-                    let _ = tx.send(Ok(Bytes::from(format!("data: {u}\n\n")))).await;
+                    let _ = tx.send(Ok(Bytes::from(format!("data: {u}\n\n"))));
                 }
             }
             Err(e) => {
                 let err = model_error(e);
                 let body =
                     json!({"error": {"message": err.message, "type": "server_error", "param": null, "code": err.code}});
-                let _ = tx.send(Ok(Bytes::from(format!("data: {body}\n\n")))).await;
+                let _ = tx.send(Ok(Bytes::from(format!("data: {body}\n\n"))));
             }
         }
-        let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+        let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
     });
-    let mut out = Response::new(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)));
+    let mut out = Response::new(Body::from_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)));
     out.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(out)

@@ -108,6 +108,8 @@ pub(crate) fn response_object(run: &RunRecord, events: &[Event]) -> Value {
     });
     let s = &run.state;
     let (status, incomplete) = match s.status {
+        // Queued but held by a worker (or past its first step) is under way.
+        RunStatus::Queued if run.lease.is_some() || s.steps > 0 => ("in_progress", Value::Null),
         RunStatus::Queued => ("queued", Value::Null),
         RunStatus::Running | RunStatus::RequiresAction | RunStatus::AwaitingApproval => ("in_progress", Value::Null),
         RunStatus::Completed if finish == Some("length") => ("incomplete", json!({"reason": "max_output_tokens"})),

@@ -149,6 +149,16 @@ impl Generator {
             }
         }
         loop {
+            // Text that already arrived goes out before the log is read, so a recorded answer
+            // never overtakes its own pieces.
+            while let Some(rx) = &mut deltas {
+                match rx.try_recv() {
+                    Ok(d) if d.run_id == self.run.id => self.on_delta(d).await,
+                    Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(broadcast::error::TryRecvError::Closed) => deltas = None,
+                }
+            }
             // Everything committed since we last looked, in log order.
             loop {
                 let batch = match store.read_events(&tenant, &session, self.last_seq, 500).await {
@@ -248,7 +258,19 @@ impl Generator {
                 if open.is_some() || !text.is_empty() {
                     let final_id = output_item_id("msg", &self.run.id, *step, part_index(0, 0));
                     let (stream_id, output_index) = match &open {
-                        Some(o) => (o.item_id.clone(), o.output_index),
+                        Some(o) => {
+                            // Pieces that were lost (a lagging subscriber) arrive here, so the
+                            // deltas always add up to the text.
+                            if let Some(rest) = text.strip_prefix(o.text.as_str()).filter(|r| !r.is_empty()) {
+                                self.emit(
+                                    "response.output_text.delta",
+                                    json!({"item_id": o.item_id, "output_index": o.output_index, "content_index": 0,
+                                           "delta": rest, "logprobs": []}),
+                                )
+                                .await;
+                            }
+                            (o.item_id.clone(), o.output_index)
+                        }
                         None => {
                             let output_index = self.next_output;
                             self.next_output += 1;
