@@ -29,15 +29,17 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 
-use crate::openai_wire::error_message;
+use crate::http::{Accumulator, Wire};
+use crate::wire::{error_message, quoted, response_json, str_of, temperature};
 use crate::{Error, ErrorKind, ModelRequest, ModelResponse, ToolChoice};
 
 /// The API version every request names (`anthropic-version`).
 pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; this is sent when the spec does not set one.
 pub(crate) const DEFAULT_MAX_TOKENS: u32 = 4096;
-/// Server messages quoted in our errors are cut to this many characters.
-const MAX_QUOTED_CHARS: usize = 500;
+
+/// The Messages format, for the shared HTTP code.
+pub(crate) const MESSAGES: Wire<StreamAccumulator> = Wire::new(request_body, parse_response);
 
 /// The JSON body of `POST /v1/messages`.
 pub(crate) fn request_body(req: &ModelRequest) -> Value {
@@ -63,9 +65,7 @@ pub(crate) fn request_body(req: &ModelRequest) -> Value {
         }
     }
     if let Some(t) = req.temperature {
-        // Through f64 via the decimal text, so 0.2f32 goes out as 0.2 and not 0.20000000298.
-        let t = t.to_string().parse::<f64>().unwrap_or(f64::from(t));
-        body.insert("temperature".into(), json!(t));
+        body.insert("temperature".into(), temperature(t));
     }
     body.insert("stream".into(), Value::Bool(req.stream));
     Value::Object(body)
@@ -183,8 +183,7 @@ fn tool_choice(choice: Option<&ToolChoice>, parallel: Option<bool>) -> Option<Va
 
 /// Parses a complete (non-streamed) response body.
 pub(crate) fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelResponse, Error> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::new(ErrorKind::Malformed, format!("model response is not valid JSON: {e}")))?;
+    let v = response_json(body)?;
     if is_error(&v) {
         return Err(embedded_error(&v));
     }
@@ -246,9 +245,8 @@ enum Block {
     Other,
 }
 
-impl StreamAccumulator {
-    /// Takes one event's data lines. Returns the text delta it carried, if any.
-    pub(crate) fn event(&mut self, lines: &[String]) -> Result<Option<String>, Error> {
+impl Accumulator for StreamAccumulator {
+    fn event(&mut self, lines: &[String]) -> Result<Option<String>, Error> {
         let joined = lines.join("\n");
         if joined.trim().is_empty() {
             return Ok(None);
@@ -357,23 +355,13 @@ impl StreamAccumulator {
         }
     }
 
-    fn index_of(&self, v: &Value) -> u64 {
-        v.get("index").and_then(Value::as_u64).unwrap_or_else(|| self.blocks.keys().next_back().map_or(0, |k| k + 1))
-    }
-
-    fn text(&mut self, piece: Option<String>) -> Option<String> {
-        let piece = piece.filter(|p| !p.is_empty())?;
-        self.content.push_str(&piece);
-        Some(piece)
-    }
-
     /// Whether the server said the message is over (`message_stop`).
-    pub(crate) fn done(&self) -> bool {
+    fn done(&self) -> bool {
         self.done
     }
 
     /// Ends the stream. Without `message_stop` it was cut short.
-    pub(crate) fn finish(self, requested_model: &str) -> Result<ModelResponse, Error> {
+    fn finish(self, requested_model: &str) -> Result<ModelResponse, Error> {
         if !self.done {
             return Err(Error::new(ErrorKind::StreamCut, "model stream ended before the response was complete"));
         }
@@ -402,6 +390,18 @@ impl StreamAccumulator {
             finish_reason,
             model: self.model.unwrap_or_else(|| requested_model.to_owned()),
         })
+    }
+}
+
+impl StreamAccumulator {
+    fn index_of(&self, v: &Value) -> u64 {
+        v.get("index").and_then(Value::as_u64).unwrap_or_else(|| self.blocks.keys().next_back().map_or(0, |k| k + 1))
+    }
+
+    fn text(&mut self, piece: Option<String>) -> Option<String> {
+        let piece = piece.filter(|p| !p.is_empty())?;
+        self.content.push_str(&piece);
+        Some(piece)
     }
 }
 
@@ -455,18 +455,6 @@ fn error_kind(ty: &str) -> ErrorKind {
         // `overloaded_error`, `api_error` and anything new: the server's problem, worth a retry.
         _ => ErrorKind::Server,
     }
-}
-
-fn quoted(text: &str) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(MAX_QUOTED_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
-fn str_of(v: Option<&Value>) -> Option<String> {
-    v.and_then(Value::as_str).map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -597,10 +585,7 @@ mod tests {
             "{\"type\": \"message_delta\", \"usage\": {\"output_tokens\": -1}}",
             "{\"type\": \"message_start\", \"message\": []}",
         ] {
-            let _ = parse_response(body.as_bytes(), "m");
-            let mut acc = StreamAccumulator::default();
-            let _ = acc.event(&[body.to_owned()]);
-            let _ = acc.finish("m");
+            MESSAGES.feed(body);
         }
     }
 

@@ -4,12 +4,14 @@
 pub mod anthropic;
 mod anthropic_wire;
 mod error;
+mod http;
 pub mod openai;
 mod openai_wire;
 mod providers;
 mod retry;
 pub mod scripted;
 mod sse;
+mod wire;
 
 use std::sync::Arc;
 
@@ -20,7 +22,8 @@ pub use stead_core::agent::ToolChoice;
 
 pub use anthropic::AnthropicProvider;
 pub use error::{Error, ErrorKind};
-pub use openai::{OpenAiProvider, http_client};
+pub use http::http_client;
+pub use openai::OpenAiProvider;
 pub use providers::{DEFAULT_ANTHROPIC_BASE_URL, DEFAULT_OPENAI_BASE_URL, ProviderDefaults, Providers};
 pub use retry::{RetryPolicy, complete_with_retry};
 pub use scripted::ScriptedModel;

@@ -6,7 +6,12 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 
+use crate::http::{Accumulator, Wire};
+use crate::wire::{error_message, response_json, str_of, temperature};
 use crate::{Error, ErrorKind, ModelRequest, ModelResponse, ToolChoice};
+
+/// The chat-completions format, for the shared HTTP code.
+pub(crate) const CHAT_COMPLETIONS: Wire<StreamAccumulator> = Wire::new(request_body, parse_response);
 
 /// The JSON body of `POST /chat/completions`.
 pub(crate) fn request_body(req: &ModelRequest) -> Value {
@@ -23,9 +28,7 @@ pub(crate) fn request_body(req: &ModelRequest) -> Value {
         }
     }
     if let Some(t) = req.temperature {
-        // Through f64 via the decimal text, so 0.2f32 goes out as 0.2 and not 0.20000000298.
-        let t = t.to_string().parse::<f64>().unwrap_or(f64::from(t));
-        body.insert("temperature".into(), json!(t));
+        body.insert("temperature".into(), temperature(t));
     }
     if let Some(m) = req.max_tokens {
         body.insert("max_tokens".into(), json!(m));
@@ -92,8 +95,7 @@ fn tool_choice(c: &ToolChoice) -> Value {
 
 /// Parses a complete (non-streamed) response body.
 pub(crate) fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelResponse, Error> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::new(ErrorKind::Malformed, format!("model response is not valid JSON: {e}")))?;
+    let v = response_json(body)?;
     if let Some(err) = embedded_error(&v) {
         return Err(err);
     }
@@ -157,9 +159,8 @@ struct PartialCall {
     arguments: String,
 }
 
-impl StreamAccumulator {
-    /// Takes one event's data lines. Returns the content delta it carried, if any.
-    pub(crate) fn event(&mut self, lines: &[String]) -> Result<Option<String>, Error> {
+impl Accumulator for StreamAccumulator {
+    fn event(&mut self, lines: &[String]) -> Result<Option<String>, Error> {
         let joined = lines.join("\n");
         if joined.trim() == "[DONE]" {
             self.done = true;
@@ -187,6 +188,37 @@ impl StreamAccumulator {
         }
     }
 
+    /// Whether the server said the stream is over (`[DONE]`).
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    /// Ends the stream. Without `[DONE]` and without a finish reason it was cut short.
+    fn finish(self, requested_model: &str) -> Result<ModelResponse, Error> {
+        if !self.done && self.finish_reason.is_none() {
+            return Err(Error::new(ErrorKind::StreamCut, "model stream ended before the response was complete"));
+        }
+        let tool_calls: Vec<ToolCall> = self
+            .calls
+            .into_iter()
+            .map(|(i, p)| ToolCall {
+                id: if p.id.is_empty() { format!("call_{i}") } else { p.id },
+                name: p.name,
+                arguments: if p.arguments.trim().is_empty() { "{}".to_owned() } else { p.arguments },
+            })
+            .collect();
+        let finish_reason = self.finish_reason.unwrap_or_else(|| default_finish(&tool_calls).to_owned());
+        Ok(ModelResponse {
+            content: Some(self.content).filter(|c| !c.is_empty()),
+            tool_calls,
+            usage: self.usage.unwrap_or_default(),
+            finish_reason,
+            model: self.model.unwrap_or_else(|| requested_model.to_owned()),
+        })
+    }
+}
+
+impl StreamAccumulator {
     fn chunk(&mut self, v: &Value) -> Result<Option<String>, Error> {
         if let Some(err) = embedded_error(v) {
             return Err(err);
@@ -249,35 +281,6 @@ impl StreamAccumulator {
             Some(other) => entry.arguments.push_str(&other.to_string()),
         }
     }
-
-    /// Whether the server said the stream is over (`[DONE]`).
-    pub(crate) fn done(&self) -> bool {
-        self.done
-    }
-
-    /// Ends the stream. Without `[DONE]` and without a finish reason it was cut short.
-    pub(crate) fn finish(self, requested_model: &str) -> Result<ModelResponse, Error> {
-        if !self.done && self.finish_reason.is_none() {
-            return Err(Error::new(ErrorKind::StreamCut, "model stream ended before the response was complete"));
-        }
-        let tool_calls: Vec<ToolCall> = self
-            .calls
-            .into_iter()
-            .map(|(i, p)| ToolCall {
-                id: if p.id.is_empty() { format!("call_{i}") } else { p.id },
-                name: p.name,
-                arguments: if p.arguments.trim().is_empty() { "{}".to_owned() } else { p.arguments },
-            })
-            .collect();
-        let finish_reason = self.finish_reason.unwrap_or_else(|| default_finish(&tool_calls).to_owned());
-        Ok(ModelResponse {
-            content: Some(self.content).filter(|c| !c.is_empty()),
-            tool_calls,
-            usage: self.usage.unwrap_or_default(),
-            finish_reason,
-            model: self.model.unwrap_or_else(|| requested_model.to_owned()),
-        })
-    }
 }
 
 fn malformed_chunk(e: &serde_json::Error) -> Error {
@@ -292,25 +295,6 @@ fn default_finish(calls: &[ToolCall]) -> &'static str {
 fn embedded_error(v: &Value) -> Option<Error> {
     let e = v.get("error").filter(|e| !e.is_null())?;
     Some(Error::new(ErrorKind::Server, format!("model server reported an error: {}", error_message(e))))
-}
-
-/// The human-readable part of an error body, in the shapes OpenAI, Ollama and vLLM use.
-pub(crate) fn error_message(e: &Value) -> String {
-    match e {
-        Value::String(s) => s.clone(),
-        Value::Object(o) => match o.get("message") {
-            Some(Value::String(m)) => m.clone(),
-            _ => match o.get("error") {
-                Some(inner) if !inner.is_null() => error_message(inner),
-                _ => e.to_string(),
-            },
-        },
-        other => other.to_string(),
-    }
-}
-
-fn str_of(v: Option<&Value>) -> Option<String> {
-    v.and_then(Value::as_str).map(str::to_owned)
 }
 
 /// Content is a string, or (in newer APIs) a list of parts of which the text ones count.
@@ -437,10 +421,7 @@ mod tests {
             "{\"choices\": [{\"message\": 1}]}",
             "{\"choices\": [{\"message\": {\"tool_calls\": [1, {\"function\": 2}]}}], \"usage\": 7}",
         ] {
-            let _ = parse_response(body.as_bytes(), "m");
-            let mut acc = StreamAccumulator::default();
-            let _ = acc.event(&[body.to_owned()]);
-            let _ = acc.finish("m");
+            CHAT_COMPLETIONS.feed(body);
         }
     }
 
@@ -489,12 +470,5 @@ mod tests {
             .unwrap();
         assert_eq!(d.as_deref(), Some("ab"));
         assert!(acc.done());
-    }
-
-    #[test]
-    fn error_shapes() {
-        assert_eq!(error_message(&json!({"error": {"message": "x"}})), "x");
-        assert_eq!(error_message(&json!({"message": "y"})), "y");
-        assert_eq!(error_message(&json!("z")), "z");
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use stead_core::agent::{ModelSpec, Provider};
 
 use crate::anthropic::AnthropicProvider;
-use crate::openai::{OpenAiProvider, http_client};
+use crate::http::http_client;
+use crate::openai::OpenAiProvider;
 use crate::scripted::ScriptedModel;
 use crate::{Error, ErrorKind, ModelProvider};
 

@@ -1,148 +1,31 @@
 //! The Anthropic provider against a real HTTP server on 127.0.0.1 that speaks the Messages API
 //! (JSON and SSE), including its failure modes.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::Response;
-use axum::routing::post;
+use common::{Api, Deltas, NO_DELTA, NO_RETRY, Reply, SECS, ok_json, retrying, status};
 use serde_json::{Value, json};
 use stead_core::agent::{ModelSpec, Provider, ToolChoice};
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 use stead_model::{
-    AnthropicProvider, ErrorKind, ModelProvider, ModelRequest, ProviderDefaults, Providers, RetryPolicy,
-    complete_with_retry, http_client,
+    AnthropicProvider, ErrorKind, ModelProvider, ModelRequest, ProviderDefaults, Providers, http_client,
 };
-use tokio_util::sync::CancellationToken;
 
-/// What the test server does for one request.
-enum Reply {
-    Json {
-        status: u16,
-        headers: Vec<(&'static str, String)>,
-        body: String,
-    },
-    /// Raw SSE bytes, sent in pieces of `split` bytes with a short pause between them so they
-    /// reach the client as separate reads; `abort` breaks the connection after the last piece.
-    Sse {
-        text: String,
-        split: usize,
-        abort: bool,
-    },
-    /// Waits, then replies.
-    Delay(Duration, Box<Reply>),
-    /// Sends `first` as SSE, then stalls.
-    Stall {
-        first: String,
-    },
-}
+impl Api for AnthropicProvider {
+    const ROUTE: &'static str = "/v1/messages";
+    /// The base URL is the API root.
+    const BASE_PATH: &'static str = "";
+    const SSE_CONTENT_TYPE: &'static str = "text/event-stream; charset=utf-8";
 
-type Script = dyn Fn(usize, &Value) -> Reply + Send + Sync;
-
-#[derive(Clone)]
-struct Shared {
-    hits: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
-    script: Arc<Script>,
-}
-
-struct TestServer {
-    base_url: String,
-    shared: Shared,
-}
-
-impl TestServer {
-    async fn start(script: impl Fn(usize, &Value) -> Reply + Send + Sync + 'static) -> Self {
-        let shared = Shared { hits: Arc::default(), seen: Arc::default(), script: Arc::new(script) };
-        let app = Router::new().route("/v1/messages", post(handle)).with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { base_url: format!("http://{addr}"), shared }
-    }
-
-    fn hits(&self) -> usize {
-        self.shared.hits.load(Ordering::SeqCst)
-    }
-
-    fn seen(&self) -> Vec<(HeaderMap, Value)> {
-        self.shared.seen.lock().unwrap().clone()
-    }
-
-    fn provider(&self, key: Option<&str>, timeout: Duration) -> AnthropicProvider {
-        AnthropicProvider::new(http_client().unwrap(), &self.base_url, key, timeout).unwrap()
+    fn provider(base_url: &str, key: Option<&str>, timeout: Duration) -> Self {
+        AnthropicProvider::new(http_client().unwrap(), base_url, key, timeout).unwrap()
     }
 }
 
-async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let n = s.hits.fetch_add(1, Ordering::SeqCst);
-    let body: Value = serde_json::from_slice(&body).expect("client sent invalid JSON");
-    let reply = (s.script)(n, &body);
-    s.seen.lock().unwrap().push((headers, body));
-    render(reply).await
-}
-
-async fn render(reply: Reply) -> Response {
-    match reply {
-        Reply::Json { status, headers, body } => {
-            let mut b = Response::builder().status(status).header("content-type", "application/json");
-            for (k, v) in headers {
-                b = b.header(k, v);
-            }
-            b.body(Body::from(body)).unwrap()
-        }
-        Reply::Sse { text, split, abort } => {
-            let pieces: Vec<Bytes> = text.into_bytes().chunks(split.max(1)).map(Bytes::copy_from_slice).collect();
-            let stream = futures_util::stream::unfold((pieces.into_iter(), false), move |(mut it, ended)| async move {
-                if ended {
-                    return None;
-                }
-                match it.next() {
-                    Some(piece) => {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        Some((Ok::<_, std::io::Error>(piece), (it, false)))
-                    }
-                    None if abort => Some((Err(std::io::Error::other("server went away")), (it, true))),
-                    None => None,
-                }
-            });
-            sse_response(Body::from_stream(stream))
-        }
-        Reply::Delay(d, inner) => {
-            tokio::time::sleep(d).await;
-            Box::pin(render(*inner)).await
-        }
-        Reply::Stall { first } => {
-            let stream = futures_util::stream::unfold(Some(first), |first| async move {
-                match first {
-                    Some(text) => Some((Ok::<_, std::io::Error>(Bytes::from(text)), None)),
-                    None => {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        None
-                    }
-                }
-            });
-            sse_response(Body::from_stream(stream))
-        }
-    }
-}
-
-fn sse_response(body: Body) -> Response {
-    Response::builder().status(200).header("content-type", "text/event-stream; charset=utf-8").body(body).unwrap()
-}
-
-fn ok_json(body: Value) -> Reply {
-    Reply::Json { status: 200, headers: vec![], body: body.to_string() }
-}
-
-fn status(status: u16, headers: Vec<(&'static str, String)>, body: Value) -> Reply {
-    Reply::Json { status, headers, body: body.to_string() }
-}
+type TestServer = common::TestServer<AnthropicProvider>;
 
 fn api_error(ty: &str, message: &str) -> Value {
     json!({"type": "error", "error": {"type": ty, "message": message}})
@@ -211,16 +94,7 @@ fn streamed_text(pieces: &[&str]) -> String {
 }
 
 fn request(stream: bool) -> ModelRequest {
-    ModelRequest {
-        model: "claude-test".into(),
-        messages: [Message::User { content: "hi".into() }].into_iter().map(Arc::new).collect(),
-        tools: vec![],
-        temperature: None,
-        max_tokens: None,
-        stream,
-        tool_choice: None,
-        parallel_tool_calls: None,
-    }
+    common::request("claude-test", stream)
 }
 
 fn message(content: Value, stop_reason: &str) -> Value {
@@ -236,44 +110,8 @@ fn hello() -> Reply {
 }
 
 fn spec() -> ModelSpec {
-    ModelSpec {
-        provider: Provider::Anthropic,
-        name: "claude-test".into(),
-        base_url: None,
-        api_key_env: None,
-        temperature: None,
-        max_tokens: None,
-        stream: false,
-        timeout_secs: 10,
-        max_retries: 0,
-        chunk_delay_ms: 0,
-        tool_choice: None,
-        parallel_tool_calls: None,
-    }
+    common::spec(Provider::Anthropic, "claude-test")
 }
-
-const NO_DELTA: &(dyn Fn(&str) + Send + Sync) = &|_| {};
-const NO_RETRY: &(dyn Fn(u32, &stead_model::Error) + Send + Sync) = &|_, _| {};
-
-fn fast_policy(max_retries: u32) -> RetryPolicy {
-    RetryPolicy { max_retries, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20) }
-}
-
-/// Collects deltas as they arrive.
-#[derive(Default, Clone)]
-struct Deltas(Arc<Mutex<Vec<String>>>);
-
-impl Deltas {
-    fn sink(&self) -> impl Fn(&str) + Send + Sync + use<> {
-        let v = self.0.clone();
-        move |d: &str| v.lock().unwrap().push(d.to_owned())
-    }
-    fn get(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-const SECS: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn request_shape_and_headers_through_the_registry() {
@@ -562,16 +400,7 @@ async fn rate_limited_with_retry_after_then_success() {
         s2.lock().unwrap().push((n, e.kind, e.status, e.retry_after, e.message.clone()))
     };
     // max_delay caps the server's one second, so the test does not wait for it.
-    let resp = complete_with_retry(
-        &server.provider(None, SECS),
-        &request(false),
-        &fast_policy(3),
-        &CancellationToken::new(),
-        NO_DELTA,
-        &on_retry,
-    )
-    .await
-    .unwrap();
+    let resp = retrying(&server.provider(None, SECS), &request(false), 3, NO_DELTA, &on_retry).await.unwrap();
     assert_eq!(resp.content.as_deref(), Some("Hello!"));
     assert_eq!(server.hits(), 2);
     let seen = seen.lock().unwrap();
@@ -598,16 +427,7 @@ async fn overloaded_529_and_500_are_retried() {
         assert!(e.retryable());
         r2.lock().unwrap().push((n, e.kind, e.status, e.message.clone()))
     };
-    let resp = complete_with_retry(
-        &server.provider(None, SECS),
-        &request(false),
-        &fast_policy(3),
-        &CancellationToken::new(),
-        NO_DELTA,
-        &on_retry,
-    )
-    .await
-    .unwrap();
+    let resp = retrying(&server.provider(None, SECS), &request(false), 3, NO_DELTA, &on_retry).await.unwrap();
     assert_eq!(resp.content.as_deref(), Some("Hello!"));
     assert_eq!(server.hits(), 3);
     let retries = retries.lock().unwrap();
@@ -625,16 +445,7 @@ async fn bad_request_quotes_the_server_and_is_not_retried() {
     {
         let server =
             TestServer::start(move |_, _| status(code, vec![], api_error("invalid_request_error", message))).await;
-        let err = complete_with_retry(
-            &server.provider(None, SECS),
-            &request(false),
-            &fast_policy(3),
-            &CancellationToken::new(),
-            NO_DELTA,
-            NO_RETRY,
-        )
-        .await
-        .unwrap_err();
+        let err = retrying(&server.provider(None, SECS), &request(false), 3, NO_DELTA, NO_RETRY).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::BadRequest, "{code}");
         assert_eq!(err.status, Some(code));
         assert_eq!(err.code(), "model_bad_request");
@@ -659,9 +470,7 @@ async fn auth_failure_is_not_retried_and_never_shows_the_key() {
     })
     .await;
     let p = server.provider(Some("sk-ant-secret-777"), SECS);
-    let err = complete_with_retry(&p, &request(false), &fast_policy(3), &CancellationToken::new(), NO_DELTA, NO_RETRY)
-        .await
-        .unwrap_err();
+    let err = retrying(&p, &request(false), 3, NO_DELTA, NO_RETRY).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Auth);
     assert_eq!(err.status, Some(401));
     assert!(!err.retryable());
@@ -705,16 +514,12 @@ async fn broken_stream_is_reported_and_retried() {
     let deltas = Deltas::default();
     let kinds = Arc::new(Mutex::new(Vec::new()));
     let k2 = kinds.clone();
-    let resp = complete_with_retry(
-        &server.provider(None, SECS),
-        &request(true),
-        &fast_policy(2),
-        &CancellationToken::new(),
-        &deltas.sink(),
-        &move |_, e: &stead_model::Error| k2.lock().unwrap().push(e.kind),
-    )
-    .await
-    .unwrap();
+    let resp =
+        retrying(&server.provider(None, SECS), &request(true), 2, &deltas.sink(), &move |_, e: &stead_model::Error| {
+            k2.lock().unwrap().push(e.kind)
+        })
+        .await
+        .unwrap();
     assert_eq!(*kinds.lock().unwrap(), vec![ErrorKind::StreamCut]);
     assert_eq!(server.hits(), 2);
     assert_eq!(resp.content.as_deref(), Some("Hello again"));
@@ -814,9 +619,7 @@ async fn slow_and_stalled_servers_time_out() {
 
 #[tokio::test]
 async fn unreachable_server_is_transport() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    let addr = common::closed_address().await;
     let p = AnthropicProvider::new(http_client().unwrap(), &format!("http://{addr}"), Some("sk-ant-x"), SECS).unwrap();
     let err = p.complete(&request(false), NO_DELTA).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Transport, "{err}");

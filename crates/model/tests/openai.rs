@@ -1,18 +1,14 @@
 //! The OpenAI-compatible provider against a real HTTP server on 127.0.0.1 that speaks the
 //! chat-completions protocol (JSON and SSE), including its failure modes.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::Response;
-use axum::routing::post;
+use common::{Api, Deltas, NO_DELTA, NO_RETRY, Reply, SECS, fast_policy, ok_json, retrying, status};
 use serde_json::{Value, json};
-use stead_core::agent::{ModelSpec, Provider, ToolChoice};
+use stead_core::agent::{Provider, ToolChoice};
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 use stead_model::{
     ErrorKind, ModelProvider, ModelRequest, OpenAiProvider, ProviderDefaults, Providers, RetryPolicy,
@@ -20,136 +16,18 @@ use stead_model::{
 };
 use tokio_util::sync::CancellationToken;
 
-/// What the test server does for one request.
-enum Reply {
-    Json {
-        status: u16,
-        headers: Vec<(&'static str, String)>,
-        body: String,
-    },
-    /// Raw SSE bytes, sent in pieces of `split` bytes with a short pause between them so they
-    /// reach the client as separate reads; `abort` breaks the connection after the last piece.
-    Sse {
-        text: String,
-        split: usize,
-        abort: bool,
-    },
-    /// Waits, then replies.
-    Delay(Duration, Box<Reply>),
-    /// Sends `first` as SSE, then stalls.
-    Stall {
-        first: String,
-    },
-}
+impl Api for OpenAiProvider {
+    const ROUTE: &'static str = "/v1/chat/completions";
+    /// The base URL includes the version, as OpenAI's does.
+    const BASE_PATH: &'static str = "/v1";
+    const SSE_CONTENT_TYPE: &'static str = "text/event-stream";
 
-type Script = dyn Fn(usize, &Value) -> Reply + Send + Sync;
-
-#[derive(Clone)]
-struct Shared {
-    hits: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
-    script: Arc<Script>,
-    arrived: Arc<tokio::sync::Notify>,
-}
-
-struct TestServer {
-    base_url: String,
-    shared: Shared,
-}
-
-impl TestServer {
-    async fn start(script: impl Fn(usize, &Value) -> Reply + Send + Sync + 'static) -> Self {
-        let shared = Shared {
-            hits: Arc::default(),
-            seen: Arc::default(),
-            script: Arc::new(script),
-            arrived: Arc::new(tokio::sync::Notify::new()),
-        };
-        let app = Router::new().route("/v1/chat/completions", post(handle)).with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { base_url: format!("http://{addr}/v1"), shared }
-    }
-
-    fn hits(&self) -> usize {
-        self.shared.hits.load(Ordering::SeqCst)
-    }
-
-    fn seen(&self) -> Vec<(HeaderMap, Value)> {
-        self.shared.seen.lock().unwrap().clone()
-    }
-
-    fn provider(&self, key: Option<&str>, timeout: Duration) -> OpenAiProvider {
-        OpenAiProvider::new(http_client().unwrap(), &self.base_url, key, timeout).unwrap()
+    fn provider(base_url: &str, key: Option<&str>, timeout: Duration) -> Self {
+        OpenAiProvider::new(http_client().unwrap(), base_url, key, timeout).unwrap()
     }
 }
 
-async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let n = s.hits.fetch_add(1, Ordering::SeqCst);
-    let body: Value = serde_json::from_slice(&body).expect("client sent invalid JSON");
-    let reply = (s.script)(n, &body);
-    s.seen.lock().unwrap().push((headers, body));
-    s.arrived.notify_one();
-    render(reply).await
-}
-
-async fn render(reply: Reply) -> Response {
-    match reply {
-        Reply::Json { status, headers, body } => {
-            let mut b = Response::builder().status(status).header("content-type", "application/json");
-            for (k, v) in headers {
-                b = b.header(k, v);
-            }
-            b.body(Body::from(body)).unwrap()
-        }
-        Reply::Sse { text, split, abort } => {
-            let pieces: Vec<Bytes> = text.into_bytes().chunks(split.max(1)).map(Bytes::copy_from_slice).collect();
-            let stream = futures_util::stream::unfold((pieces.into_iter(), false), move |(mut it, ended)| async move {
-                if ended {
-                    return None;
-                }
-                match it.next() {
-                    Some(piece) => {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        Some((Ok::<_, std::io::Error>(piece), (it, false)))
-                    }
-                    None if abort => Some((Err(std::io::Error::other("server went away")), (it, true))),
-                    None => None,
-                }
-            });
-            sse_response(Body::from_stream(stream))
-        }
-        Reply::Delay(d, inner) => {
-            tokio::time::sleep(d).await;
-            Box::pin(render(*inner)).await
-        }
-        Reply::Stall { first } => {
-            let stream = futures_util::stream::unfold(Some(first), |first| async move {
-                match first {
-                    Some(text) => Some((Ok::<_, std::io::Error>(Bytes::from(text)), None)),
-                    None => {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        None
-                    }
-                }
-            });
-            sse_response(Body::from_stream(stream))
-        }
-    }
-}
-
-fn sse_response(body: Body) -> Response {
-    Response::builder().status(200).header("content-type", "text/event-stream").body(body).unwrap()
-}
-
-fn ok_json(body: Value) -> Reply {
-    Reply::Json { status: 200, headers: vec![], body: body.to_string() }
-}
-
-fn status(status: u16, headers: Vec<(&'static str, String)>, body: Value) -> Reply {
-    Reply::Json { status, headers, body: body.to_string() }
-}
+type TestServer = common::TestServer<OpenAiProvider>;
 
 /// Serialises chunks as an SSE stream, with a keepalive comment and CRLF line ends in places,
 /// as real servers mix them.
@@ -186,16 +64,7 @@ fn streamed_text(pieces: &[&str]) -> String {
 }
 
 fn request(stream: bool) -> ModelRequest {
-    ModelRequest {
-        model: "gpt-test".into(),
-        messages: [Message::User { content: "hi".into() }].into_iter().map(Arc::new).collect(),
-        tools: vec![],
-        temperature: None,
-        max_tokens: None,
-        stream,
-        tool_choice: None,
-        parallel_tool_calls: None,
-    }
+    common::request("gpt-test", stream)
 }
 
 fn completion(message: Value, finish: &str) -> Value {
@@ -209,29 +78,6 @@ fn completion(message: Value, finish: &str) -> Value {
 fn hello() -> Reply {
     ok_json(completion(json!({"role": "assistant", "content": "Hello!"}), "stop"))
 }
-
-const NO_DELTA: &(dyn Fn(&str) + Send + Sync) = &|_| {};
-const NO_RETRY: &(dyn Fn(u32, &stead_model::Error) + Send + Sync) = &|_, _| {};
-
-fn fast_policy(max_retries: u32) -> RetryPolicy {
-    RetryPolicy { max_retries, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20) }
-}
-
-/// Collects deltas as they arrive.
-#[derive(Default, Clone)]
-struct Deltas(Arc<Mutex<Vec<String>>>);
-
-impl Deltas {
-    fn sink(&self) -> impl Fn(&str) + Send + Sync + use<> {
-        let v = self.0.clone();
-        move |d: &str| v.lock().unwrap().push(d.to_owned())
-    }
-    fn get(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-const SECS: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn non_streaming_text_with_usage() {
@@ -317,20 +163,7 @@ async fn request_body_and_authorization() {
     };
 
     // Through the registry, with a key from the defaults: the header is sent.
-    let spec = ModelSpec {
-        provider: Provider::Openai,
-        name: "gpt-test".into(),
-        base_url: None,
-        api_key_env: None,
-        temperature: None,
-        max_tokens: None,
-        stream: false,
-        timeout_secs: 10,
-        max_retries: 0,
-        chunk_delay_ms: 0,
-        tool_choice: None,
-        parallel_tool_calls: None,
-    };
+    let spec = common::spec(Provider::Openai, "gpt-test");
     let with_key = Providers::new(ProviderDefaults {
         openai_base_url: Some(server.base_url.clone()),
         openai_api_key: Some("sk-test-123".into()),
@@ -528,16 +361,7 @@ async fn rate_limited_with_retry_after_then_success() {
     let r2 = retries.clone();
     let on_retry = move |n: u32, e: &stead_model::Error| r2.lock().unwrap().push((n, e.kind, e.retry_after));
     // max_delay caps the server's one second, so the test does not wait for it.
-    let resp = complete_with_retry(
-        &server.provider(None, SECS),
-        &request(false),
-        &fast_policy(3),
-        &CancellationToken::new(),
-        NO_DELTA,
-        &on_retry,
-    )
-    .await
-    .unwrap();
+    let resp = retrying(&server.provider(None, SECS), &request(false), 3, NO_DELTA, &on_retry).await.unwrap();
     assert_eq!(resp.content.as_deref(), Some("Hello!"));
     assert_eq!(server.hits(), 2);
     assert_eq!(*retries.lock().unwrap(), vec![(1, ErrorKind::RateLimited, Some(Duration::from_secs(1)))]);
@@ -552,16 +376,7 @@ async fn server_errors_twice_then_success() {
     let retries = Arc::new(Mutex::new(Vec::new()));
     let r2 = retries.clone();
     let on_retry = move |n: u32, e: &stead_model::Error| r2.lock().unwrap().push((n, e.kind, e.status));
-    let resp = complete_with_retry(
-        &server.provider(None, SECS),
-        &request(false),
-        &fast_policy(3),
-        &CancellationToken::new(),
-        NO_DELTA,
-        &on_retry,
-    )
-    .await
-    .unwrap();
+    let resp = retrying(&server.provider(None, SECS), &request(false), 3, NO_DELTA, &on_retry).await.unwrap();
     assert_eq!(resp.content.as_deref(), Some("Hello!"));
     assert_eq!(server.hits(), 3);
     assert_eq!(*retries.lock().unwrap(), vec![(1, ErrorKind::Server, Some(500)), (2, ErrorKind::Server, Some(502))]);
@@ -570,16 +385,7 @@ async fn server_errors_twice_then_success() {
 #[tokio::test]
 async fn retries_stop_at_max_retries() {
     let server = TestServer::start(|_, _| status(503, vec![], json!({"error": "unavailable"}))).await;
-    let err = complete_with_retry(
-        &server.provider(None, SECS),
-        &request(false),
-        &fast_policy(2),
-        &CancellationToken::new(),
-        NO_DELTA,
-        NO_RETRY,
-    )
-    .await
-    .unwrap_err();
+    let err = retrying(&server.provider(None, SECS), &request(false), 2, NO_DELTA, NO_RETRY).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Server);
     assert_eq!(err.code(), "model_server_error");
     assert!(err.message.contains("unavailable"), "{err}");
@@ -596,16 +402,9 @@ async fn auth_failure_is_not_retried_and_hides_the_key() {
         )
     })
     .await;
-    let err = complete_with_retry(
-        &server.provider(Some("sk-secret-777"), SECS),
-        &request(false),
-        &fast_policy(3),
-        &CancellationToken::new(),
-        NO_DELTA,
-        NO_RETRY,
-    )
-    .await
-    .unwrap_err();
+    let err = retrying(&server.provider(Some("sk-secret-777"), SECS), &request(false), 3, NO_DELTA, NO_RETRY)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Auth);
     assert_eq!(err.status, Some(401));
     assert!(!err.retryable());
@@ -624,16 +423,7 @@ async fn bad_request_quotes_the_server_and_is_not_retried() {
         )
     })
     .await;
-    let err = complete_with_retry(
-        &server.provider(None, SECS),
-        &request(false),
-        &fast_policy(3),
-        &CancellationToken::new(),
-        NO_DELTA,
-        NO_RETRY,
-    )
-    .await
-    .unwrap_err();
+    let err = retrying(&server.provider(None, SECS), &request(false), 3, NO_DELTA, NO_RETRY).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::BadRequest);
     assert_eq!(err.code(), "model_bad_request");
     assert!(err.message.contains("The model `nope` does not exist"), "{err}");
@@ -686,14 +476,9 @@ async fn stream_cut_is_reported_and_retried() {
     let deltas = Deltas::default();
     let kinds = Arc::new(Mutex::new(Vec::new()));
     let k2 = kinds.clone();
-    let resp = complete_with_retry(
-        &p,
-        &request(true),
-        &fast_policy(2),
-        &CancellationToken::new(),
-        &deltas.sink(),
-        &move |_, e: &stead_model::Error| k2.lock().unwrap().push(e.kind),
-    )
+    let resp = retrying(&p, &request(true), 2, &deltas.sink(), &move |_, e: &stead_model::Error| {
+        k2.lock().unwrap().push(e.kind)
+    })
     .await
     .unwrap();
     assert_eq!(*kinds.lock().unwrap(), vec![ErrorKind::StreamCut]);
@@ -749,9 +534,7 @@ async fn stalled_stream_times_out() {
 
 #[tokio::test]
 async fn unreachable_server_is_transport() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    let addr = common::closed_address().await;
     let p = OpenAiProvider::new(http_client().unwrap(), &format!("http://{addr}/v1"), None, SECS).unwrap();
     let err = p.complete(&request(false), NO_DELTA).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Transport, "{err}");
