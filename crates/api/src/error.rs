@@ -26,6 +26,23 @@ pub struct ErrorDetail {
     /// What went wrong and, where possible, how to fix it.
     pub message: String,
     pub status: u16,
+    /// The error's class as OpenAI names them (`invalid_request_error`, `server_error`, ...),
+    /// so OpenAI clients that reach a native path read it too.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request parameter at fault, when one is (OpenAI's field; always present).
+    pub param: Option<String>,
+}
+
+/// OpenAI's error class for an HTTP status.
+pub fn error_kind(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        s if s >= 500 => "server_error",
+        _ => "invalid_request_error",
+    }
 }
 
 impl ApiError {
@@ -40,7 +57,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: ErrorDetail { code: self.code.to_owned(), message: self.message, status: self.status.as_u16() },
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                status: self.status.as_u16(),
+                kind: error_kind(self.status).to_owned(),
+                param: None,
+            },
         };
         (self.status, Json(body)).into_response()
     }

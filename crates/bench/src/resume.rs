@@ -200,6 +200,7 @@ fn full_run(session: &SessionId, n: usize) -> Vec<NewEvent> {
                 tool_calls: vec![call.clone()],
                 usage: Usage { input_tokens: 812, output_tokens: 41 },
                 finish_reason: "tool_calls".into(),
+                chunks: Vec::new(),
             },
         ),
         event(
@@ -222,6 +223,7 @@ fn full_run(session: &SessionId, n: usize) -> Vec<NewEvent> {
                 tool_calls: Vec::new(),
                 usage: Usage { input_tokens: 905, output_tokens: 88 },
                 finish_reason: "stop".into(),
+                chunks: Vec::new(),
             },
         ),
         event(run, &worker, EventBody::RunCompleted { output: Some(answer) }),
@@ -245,6 +247,7 @@ fn answered_run(n: usize) -> Vec<NewEvent> {
                 tool_calls: Vec::new(),
                 usage: Usage { input_tokens: 640, output_tokens: 19 },
                 finish_reason: "stop".into(),
+                chunks: Vec::new(),
             },
         ),
         event(run, &worker, EventBody::RunCompleted { output: Some(answer) }),

@@ -94,6 +94,10 @@ pub enum EventBody {
         tool_calls: Vec<ToolCall>,
         usage: Usage,
         finish_reason: String,
+        /// Byte lengths of the pieces the text streamed in, so a stream of this response can
+        /// be replayed exactly as it went out live (same events, same sequence numbers).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        chunks: Vec<u32>,
     },
     /// Intent: a server-side tool call is about to run. Durable before the side effect.
     ToolCallStarted {
@@ -573,7 +577,7 @@ mod tests {
             bodies.extend([
                 EventBody::SessionCreated { agent: t.into(), agent_version: 7, metadata: serde_json::json!({"k": t, "n": [0.1, 1e21, -0.0, 1.5e-7, 123456789012345u64, -3], "z": null, "b": true, "é": {"b": 1, "a": 2, "A": 3, "\u{10000}": 4, "\u{ffff}": 5}}) },
                 EventBody::run_created(vec![Message::User { content: t.into() }]),
-                EventBody::ModelResponded { step: 3, model: t.into(), content: Some(t.into()), tool_calls: vec![call(t)], usage: Usage { input_tokens: 10, output_tokens: u64::from(u32::MAX) }, finish_reason: "stop".into() },
+                EventBody::ModelResponded { step: 3, model: t.into(), content: Some(t.into()), tool_calls: vec![call(t)], usage: Usage { input_tokens: 10, output_tokens: u64::from(u32::MAX) }, finish_reason: "stop".into(), chunks: Vec::new() },
                 EventBody::ToolCallStarted { call_id: t.into(), name: t.into(), idempotency_key: "k".into() },
                 EventBody::ToolCallCompleted { call_id: "c".into(), name: "n".into(), output: t.into(), is_error: true },
                 EventBody::RunRequiresAction { tool_calls: vec![call(t), call("x")] },

@@ -656,6 +656,7 @@ mod tests {
             tool_calls: calls,
             usage: Usage { input_tokens: 1, output_tokens: 1 },
             finish_reason: "stop".into(),
+            chunks: Vec::new(),
         }
     }
 

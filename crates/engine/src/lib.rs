@@ -66,6 +66,8 @@ pub struct Delta {
     pub session_id: SessionId,
     pub run_id: RunId,
     pub step: u32,
+    /// Position of this piece in the step's text (0 for the first; a retry starts over).
+    pub index: u32,
     pub text: String,
 }
 

@@ -342,10 +342,23 @@ impl RunDriver {
         };
         let engine = self.engine.clone();
         let (tenant, session_id, run_id) = (self.tenant.clone(), self.session_id, self.run_id);
-        let on_delta = move |text: &str| {
-            engine.publish_delta(Delta { tenant_id: tenant.clone(), session_id, run_id, step, text: text.to_owned() })
+        // The pieces' sizes are recorded with the answer, so its stream can be replayed as it
+        // went out. A retry starts the text over.
+        let chunks = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+        let on_delta = {
+            let chunks = chunks.clone();
+            move |text: &str| {
+                let index = {
+                    let mut c = chunks.lock().expect("chunks lock");
+                    c.push(text.len() as u32);
+                    c.len() as u32 - 1
+                };
+                let tenant_id = tenant.clone();
+                engine.publish_delta(Delta { tenant_id, session_id, run_id, step, index, text: text.to_owned() })
+            }
         };
         let on_retry = |attempt: u32, e: &stead_model::Error| {
+            chunks.lock().expect("chunks lock").clear();
             tracing::warn!(run = %run_id, attempt, error = %e, "model call failed; retrying");
         };
         let deadline = self.state.created_at.plus(Duration::from_secs(self.agent.limits.max_wall_time_secs));
@@ -357,6 +370,10 @@ impl RunDriver {
         };
         match result {
             Ok(resp) => {
+                let chunks = std::mem::take(&mut *chunks.lock().expect("chunks lock"));
+                let streamed: u64 = chunks.iter().map(|&c| u64::from(c)).sum();
+                let chunks =
+                    if streamed == resp.content.as_deref().map_or(0, str::len) as u64 { chunks } else { Vec::new() };
                 let body = EventBody::ModelResponded {
                     step,
                     model: resp.model,
@@ -364,6 +381,7 @@ impl RunDriver {
                     tool_calls: resp.tool_calls,
                     usage: resp.usage,
                     finish_reason: resp.finish_reason,
+                    chunks,
                 };
                 // Record the intent for the tools this response asks for in the same commit:
                 // intent is durable before the effect, at the cost of no extra fsync.
@@ -712,6 +730,7 @@ mod tests {
                     tool_calls: vec![call],
                     usage: Usage::default(),
                     finish_reason: "tool_calls".into(),
+                    chunks: Vec::new(),
                 },
             ),
             ev(4, b, input("B")), // arrived while A was waiting for its tool

@@ -17,7 +17,7 @@ use stead_core::event::Event;
 use stead_core::ids::SessionId;
 use stead_store::SessionRecord;
 
-use crate::error::{OaiError, OaiResult, body_error, respond};
+use crate::error::{OaiError, OaiResult, parse_body, respond};
 use crate::items::{Rendered, render};
 use crate::list::{ListQuery, page};
 use crate::request::{check_metadata, parse_input};
@@ -51,7 +51,7 @@ struct CreateItems {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> OaiResult<T> {
-    serde_json::from_slice(body).map_err(|e| body_error(&e))
+    parse_body(body)
 }
 
 fn conversation_object(s: &SessionRecord) -> Value {

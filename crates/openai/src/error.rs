@@ -41,24 +41,13 @@ impl OaiError {
         self.param = Some(param.to_owned());
         self
     }
-
-    /// OpenAI's `type` for a status.
-    fn kind(&self) -> &'static str {
-        match self.status.as_u16() {
-            401 => "authentication_error",
-            403 => "permission_error",
-            404 | 400 | 409 | 413 | 422 => "invalid_request_error",
-            429 => "rate_limit_error",
-            _ => "server_error",
-        }
-    }
 }
 
 impl IntoResponse for OaiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {
             "message": self.message,
-            "type": self.kind(),
+            "type": stead_api::error::error_kind(self.status),
             "param": self.param,
             "code": self.code,
         }});
@@ -88,16 +77,37 @@ impl From<stead_store::Error> for OaiError {
     }
 }
 
-/// A JSON body parse error, naming the parameter where serde says which one.
-pub fn body_error(e: &serde_json::Error) -> OaiError {
-    let text = e.to_string();
-    if let Some(rest) = text.strip_prefix("unknown field `")
-        && let Some(end) = rest.find('`')
-    {
-        let param = &rest[..end];
-        return OaiError::invalid(param, "unknown_parameter", format!("Unknown parameter: '{param}'."));
-    }
-    OaiError::new(StatusCode::BAD_REQUEST, "invalid_request_body", format!("Invalid request body: {text}"))
+/// Parses a JSON body into `T`, naming the parameter at fault: an unknown one, or one whose
+/// value has the wrong type (found by trying each top-level key on its own; every field of
+/// the bodies parsed here is optional or defaulted, so a key alone fails only on its type).
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> OaiResult<T> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        OaiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("We could not parse the JSON body of your request: {e}"),
+        )
+    })?;
+    serde_json::from_value::<T>(value.clone()).map_err(|e| {
+        let text = e.to_string();
+        if let Some(rest) = text.strip_prefix("unknown field `")
+            && let Some(end) = rest.find('`')
+        {
+            let param = &rest[..end];
+            return OaiError::invalid(param, "unknown_parameter", format!("Unknown parameter: '{param}'."));
+        }
+        if let Some(obj) = value.as_object() {
+            for (k, v) in obj {
+                let alone = serde_json::Value::Object([(k.clone(), v.clone())].into_iter().collect());
+                if let Err(e) = serde_json::from_value::<T>(alone)
+                    && !e.to_string().starts_with("missing field")
+                {
+                    return OaiError::invalid(k, "invalid_type", format!("Invalid type for '{k}': {e}."));
+                }
+            }
+        }
+        OaiError::new(StatusCode::BAD_REQUEST, "invalid_request_body", format!("Invalid request body: {text}"))
+    })
 }
 
 /// Runs a handler body and turns its error into OpenAI's error response.

@@ -124,6 +124,9 @@ pub fn render(session: &SessionId, events: &[Event]) -> Vec<Rendered> {
                         push(part, Side::Input, item);
                     }
                 }
+                for (k, item) in list_tools_items(session, e.seq, metadata).into_iter().enumerate() {
+                    push(LIST_TOOLS_PART | k as u32, Side::Output, item);
+                }
             }
             EventBody::ItemsAdded { items } => {
                 for (i, m) in items.iter().enumerate() {
@@ -142,19 +145,9 @@ pub fn render(session: &SessionId, events: &[Event]) -> Vec<Rendered> {
                     push(part, Side::Output, item);
                 }
             }
-            EventBody::ApprovalRequested { approval_id, call_id: _, name, arguments, .. } => {
+            EventBody::ApprovalRequested { approval_id, name, arguments, .. } => {
                 let (label, tool) = info.and_then(|i| i.mcp(name)).unwrap_or_else(|| (String::new(), name.clone()));
-                push(
-                    0,
-                    Side::Output,
-                    json!({
-                        "type": "mcp_approval_request",
-                        "id": approval_item_id(approval_id),
-                        "server_label": label,
-                        "name": tool,
-                        "arguments": arguments,
-                    }),
-                );
+                push(0, Side::Output, approval_request_item(approval_id, &label, &tool, arguments));
             }
             EventBody::ApprovalDecided { approval_id, decision, reason, decided_by, .. }
                 if decided_by.starts_with("principal:")
@@ -177,20 +170,15 @@ pub fn render(session: &SessionId, events: &[Event]) -> Vec<Rendered> {
                 match mcp {
                     Some((label, tool)) => {
                         let arguments = calls.get(call_id).map(|c| c.arguments.clone()).unwrap_or_default();
-                        push(
-                            0,
-                            Side::Output,
-                            json!({
-                                "type": "mcp_call",
-                                "id": item_id("mcp", session, e.seq, 0),
-                                "server_label": label,
-                                "name": tool,
-                                "arguments": arguments,
-                                "output": if *is_error { Value::Null } else { json!(output) },
-                                "error": if *is_error { json!(output) } else { Value::Null },
-                                "status": if *is_error { "failed" } else { "completed" },
-                            }),
-                        );
+                        let approval = info.and_then(|i| i.carried.iter().find(|c| &c.call.id == call_id));
+                        let call = McpCall {
+                            id: item_id("mcp", session, e.seq, 0),
+                            label,
+                            tool,
+                            arguments,
+                            approval: approval.map(|c| approval_item_id(&c.approval_id)),
+                        };
+                        push(0, Side::Output, call.item(Some((output, *is_error))));
                     }
                     // A server-side tool of a native agent: shown as its output.
                     None if run.is_some() => push(
@@ -256,6 +244,77 @@ fn message_items(owner_hex: &str, n: u64, message: usize, m: &Message, info: Opt
                 "output": content, "status": "completed",
             }),
         )],
+    }
+}
+
+/// Part indexes of `mcp_list_tools` items: after every input message's parts.
+const LIST_TOOLS_PART: u32 = 0xfff0_0000;
+
+/// The tools each MCP server offered when the response started, as the request recorded them.
+pub fn list_tools_items(session: &SessionId, seq: u64, metadata: &Value) -> Vec<Value> {
+    metadata[META_KEY]["mcp_list_tools"]
+        .as_array()
+        .map(|lists| {
+            lists
+                .iter()
+                .enumerate()
+                .map(|(k, l)| {
+                    json!({
+                        "type": "mcp_list_tools",
+                        "id": item_id("mcpl", session, seq, LIST_TOOLS_PART | k as u32),
+                        "server_label": l["server_label"],
+                        "tools": l["tools"],
+                        "error": null,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn approval_request_item(approval: &ApprovalId, label: &str, tool: &str, arguments: &str) -> Value {
+    json!({
+        "type": "mcp_approval_request",
+        "id": approval_item_id(approval),
+        "server_label": label,
+        "name": tool,
+        "arguments": arguments,
+    })
+}
+
+/// An MCP call as an output item.
+pub struct McpCall {
+    pub id: String,
+    pub label: String,
+    pub tool: String,
+    pub arguments: String,
+    /// The `mcp_approval_request` it ran after, if it was asked about.
+    pub approval: Option<String>,
+}
+
+impl McpCall {
+    /// The item, in progress (`None`) or with its result (text, is_error).
+    pub fn item(&self, result: Option<(&str, bool)>) -> Value {
+        let (output, error, status) = match result {
+            None => (Value::Null, Value::Null, "in_progress"),
+            Some((text, false)) => (json!(text), Value::Null, "completed"),
+            Some((text, true)) => (
+                Value::Null,
+                json!({"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": text}]}),
+                "failed",
+            ),
+        };
+        json!({
+            "type": "mcp_call",
+            "id": self.id,
+            "server_label": self.label,
+            "name": self.tool,
+            "arguments": self.arguments,
+            "approval_request_id": self.approval,
+            "output": output,
+            "error": error,
+            "status": status,
+        })
     }
 }
 

@@ -114,6 +114,13 @@ fn messages(req: &Value) -> OaiResult<Vec<Arc<Message>>> {
     let list = req["messages"].as_array().ok_or_else(|| {
         OaiError::invalid("messages", "missing_required_parameter", "Missing required parameter: 'messages'.")
     })?;
+    if list.is_empty() {
+        return Err(OaiError::invalid(
+            "messages",
+            "empty_array",
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+        ));
+    }
     let mut out = Vec::new();
     for (i, m) in list.iter().enumerate() {
         let param = format!("messages[{i}]");

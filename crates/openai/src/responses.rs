@@ -19,7 +19,7 @@ use stead_core::run::RunStatus;
 use stead_engine::{Decider, DecisionInput, RunInput};
 use stead_store::RunRecord;
 
-use crate::error::{OaiError, OaiResult, body_error, respond};
+use crate::error::{OaiError, OaiResult, parse_body, respond};
 use crate::items::{META_KEY, Rendered, Side, render};
 use crate::list::{ListQuery, page};
 use crate::request::{CreateResponse, ParsedInput, parse_input, run_agent, validate};
@@ -123,7 +123,7 @@ pub(crate) fn response_object(run: &RunRecord, events: &[Event]) -> Value {
     };
     let usage = json!({
         "input_tokens": s.usage.input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": s.usage.output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": s.usage.input_tokens + s.usage.output_tokens,
@@ -390,7 +390,7 @@ pub async fn create(State(st): State<OaiState>, headers: HeaderMap, body: Bytes)
 
 async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResult<Response> {
     let p = authenticate(&st.auth, &headers)?;
-    let req: CreateResponse = serde_json::from_slice(&body).map_err(|e| body_error(&e))?;
+    let req: CreateResponse = parse_body(&body)?;
     validate(&req)?;
     let model = req.model.clone().unwrap_or_default();
     let spec = st.options.routes.spec(&model)?;
@@ -483,9 +483,44 @@ async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResul
         .await
         .map_err(|e| OaiError::from(e).with_param("tools"))?;
     let agent_ref = AgentRef { name: version.name.clone(), version: version.version };
+    // The MCP servers are asked for their tools now: one that can't be reached fails the
+    // request (as OpenAI's 424), rather than a model that silently lacks its tools.
+    let mut list_tools = Vec::new();
+    if !agent.mcp.is_empty() {
+        let (defs, problems) = st.engine.list_agent_tools(&p.tenant, &version.name, Some(version.version)).await?;
+        if !problems.is_empty() {
+            let labels: Vec<&str> = agent.mcp.iter().map(|m| m.label.as_str()).collect();
+            return Err(OaiError::new(
+                axum::http::StatusCode::FAILED_DEPENDENCY,
+                "mcp_list_tools_failed",
+                format!("Error retrieving tool list from MCP server(s) {}: {}", labels.join(", "), problems.join("; ")),
+            )
+            .with_param("tools"));
+        }
+        // Listed once per chain of responses, like OpenAI: not again when the response this
+        // one continues already listed that server.
+        let listed = created_meta(&base.prev_events)["mcp_labels"].clone();
+        for m in &agent.mcp {
+            if listed.as_object().is_some_and(|l| l.values().any(|v| v == m.label.as_str())) {
+                continue;
+            }
+            let prefix = format!("{}__", m.slug);
+            let tools: Vec<Value> = defs
+                .iter()
+                .filter_map(|d| {
+                    let name = d.name.strip_prefix(&prefix)?;
+                    Some(json!({"name": name, "description": d.description, "input_schema": d.parameters, "annotations": null}))
+                })
+                .collect();
+            list_tools.push(json!({"server_label": m.label, "tools": tools}));
+        }
+    }
     let mut meta = echo_meta(&req, &model, &agent.mcp_labels);
     if let Some(c) = &base.conversation {
         meta[META_KEY]["conversation"] = json!({"id": conversation_id(c)});
+    }
+    if !list_tools.is_empty() {
+        meta[META_KEY]["mcp_list_tools"] = Value::Array(list_tools);
     }
 
     let mut run_input = RunInput {
@@ -531,7 +566,7 @@ async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResul
     let cleanup = (!store_it).then_some(run.session_id);
 
     if stream {
-        return Ok(crate::stream::sse(st, p.tenant, run, !background, 0, commits, deltas, cleanup).into_response());
+        return Ok(crate::stream::sse(st, p.tenant, run, None, commits, deltas, cleanup).into_response());
     }
     if background {
         let events = run_events(&st, &run).await?;
@@ -611,10 +646,8 @@ pub async fn retrieve(
         if q.stream.unwrap_or(false) {
             let commits = st.engine.store().subscribe();
             let deltas = st.engine.subscribe_deltas();
-            let after = q.starting_after.unwrap_or(0);
-            return Ok(
-                crate::stream::sse(st.clone(), p.tenant, run, false, after, commits, deltas, None).into_response()
-            );
+            let after = q.starting_after;
+            return Ok(crate::stream::sse(st.clone(), p.tenant, run, after, commits, deltas, None).into_response());
         }
         let events = run_events(&st, &run).await?;
         Ok(Json(response_object(&run, &events)).into_response())

@@ -3,10 +3,10 @@
 //! `response.completed`, `response.incomplete` or `response.failed` carrying the response.
 //!
 //! The events are generated from the run's committed log, so a stream of the same response
-//! is the same every time and can be resumed (`starting_after`). A foreground stream also
-//! relays the model's text deltas as they arrive; those are not stored, so they are left out
-//! of streams that must be resumable (background responses and retrieve-as-stream), which
-//! then get each model turn's text as one delta when it is recorded.
+//! is the same every time and can be resumed (`starting_after`). Text deltas go out live as
+//! the model produces them; the sizes of the pieces are recorded with the model's answer, so
+//! a replay emits exactly the same deltas with the same sequence numbers. A stream that joins
+//! a model turn midway (a resume) waits for that turn to be recorded and replays it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,7 +24,10 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 
 use crate::OaiState;
-use crate::items::{META_KEY, assistant_message, function_call, item_id, output_item_id, part_index};
+use crate::items::{
+    META_KEY, McpCall, approval_item_id, approval_request_item, assistant_message, function_call, item_id,
+    list_tools_items, output_item_id, part_index,
+};
 use crate::responses::{delete_unstored, response_object, run_events};
 
 type Tx = mpsc::Sender<Result<SseEvent, Infallible>>;
@@ -34,8 +37,7 @@ pub fn sse(
     st: OaiState,
     tenant: TenantId,
     run: RunRecord,
-    live_deltas: bool,
-    starting_after: u64,
+    starting_after: Option<u64>,
     commits: broadcast::Receiver<Committed>,
     deltas: broadcast::Receiver<Delta>,
     cleanup: Option<SessionId>,
@@ -45,7 +47,7 @@ pub fn sse(
         let session = run.session_id;
         let run_id = run.id;
         let mut g = Generator::new(tx, run, starting_after);
-        let finished = g.run(&st, commits, if live_deltas { Some(deltas) } else { None }).await;
+        let finished = g.run(&st, commits, Some(deltas)).await;
         if let Some(s) = cleanup {
             if !finished {
                 // The client left; the run still ends, and only then is it erased.
@@ -64,49 +66,59 @@ struct OpenText {
     item_id: String,
     output_index: usize,
     step: u32,
+    /// Pieces relayed so far.
+    pieces: u32,
     text: String,
 }
 
 struct Generator {
     tx: Tx,
     run: RunRecord,
-    starting_after: u64,
+    starting_after: Option<u64>,
+    /// The next event's `sequence_number` (OpenAI's start at 0).
     seq_no: u64,
+    /// A model turn this stream joined midway: replayed when recorded, not relayed.
+    joined_midway: Option<u32>,
     next_output: usize,
     open: Option<OpenText>,
     /// Model steps already recorded: their late deltas are dropped.
     recorded_step: u32,
     mcp_labels: HashMap<String, String>,
     calls: HashMap<String, ToolCall>,
+    /// Carried calls' approval requests, by call id.
+    approvals: HashMap<String, String>,
     last_seq: u64,
     gone: bool,
 }
 
 impl Generator {
-    fn new(tx: Tx, run: RunRecord, starting_after: u64) -> Self {
+    fn new(tx: Tx, run: RunRecord, starting_after: Option<u64>) -> Self {
         let last_seq = run.state.created_seq.saturating_sub(1);
         Self {
             tx,
             run,
             starting_after,
             seq_no: 0,
+            joined_midway: None,
             next_output: 0,
             open: None,
             recorded_step: 0,
             mcp_labels: HashMap::new(),
             calls: HashMap::new(),
+            approvals: HashMap::new(),
             last_seq,
             gone: false,
         }
     }
 
     async fn emit(&mut self, kind: &str, mut payload: Value) {
+        let seq = self.seq_no;
         self.seq_no += 1;
-        if self.seq_no <= self.starting_after || self.gone {
+        if self.starting_after.is_some_and(|after| seq <= after) || self.gone {
             return;
         }
         payload["type"] = json!(kind);
-        payload["sequence_number"] = json!(self.seq_no);
+        payload["sequence_number"] = json!(seq);
         let ev = SseEvent::default().event(kind).data(payload.to_string());
         if self.tx.send(Ok(ev)).await.is_err() {
             self.gone = true;
@@ -204,10 +216,15 @@ impl Generator {
     }
 
     async fn on_delta(&mut self, d: Delta) {
-        if d.step <= self.recorded_step || d.text.is_empty() {
+        if d.step <= self.recorded_step || d.text.is_empty() || self.joined_midway == Some(d.step) {
             return;
         }
         if self.open.as_ref().is_none_or(|o| o.step != d.step) {
+            if d.index != 0 {
+                // Earlier pieces of this turn went out before this stream started.
+                self.joined_midway = Some(d.step);
+                return;
+            }
             let item_id = output_item_id("msg", &self.run.id, d.step, part_index(0, 0));
             let output_index = self.next_output;
             self.next_output += 1;
@@ -223,10 +240,11 @@ impl Generator {
                        "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
             )
             .await;
-            self.open = Some(OpenText { item_id, output_index, step: d.step, text: String::new() });
+            self.open = Some(OpenText { item_id, output_index, step: d.step, pieces: 0, text: String::new() });
         }
         let (item_id, output_index) = {
             let o = self.open.as_mut().expect("opened above");
+            o.pieces += 1;
             o.text.push_str(&d.text);
             (o.item_id.clone(), o.output_index)
         };
@@ -246,12 +264,24 @@ impl Generator {
     async fn on_event(&mut self, st: &OaiState, e: &Event) -> bool {
         let session = self.run.session_id;
         match &e.body {
-            EventBody::RunCreated { carried, .. } => {
+            EventBody::RunCreated { carried, metadata, .. } => {
                 for c in carried {
                     self.calls.insert(c.call.id.clone(), c.call.clone());
+                    self.approvals.insert(c.call.id.clone(), approval_item_id(&c.approval_id));
+                }
+                for item in list_tools_items(&session, e.seq, metadata) {
+                    let output_index = self.next_output;
+                    self.next_output += 1;
+                    let at = json!({"item_id": item["id"], "output_index": output_index});
+                    let mut added = item.clone();
+                    added["tools"] = json!([]);
+                    self.emit("response.output_item.added", json!({"output_index": output_index, "item": added})).await;
+                    self.emit("response.mcp_list_tools.in_progress", at.clone()).await;
+                    self.emit("response.mcp_list_tools.completed", at).await;
+                    self.emit("response.output_item.done", json!({"output_index": output_index, "item": item})).await;
                 }
             }
-            EventBody::ModelResponded { step, content, tool_calls, .. } => {
+            EventBody::ModelResponded { step, content, tool_calls, chunks, .. } => {
                 self.recorded_step = *step;
                 let text = content.clone().unwrap_or_default();
                 let open = self.open.take().filter(|o| o.step == *step);
@@ -286,11 +316,14 @@ impl Generator {
                                        "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
                             )
                             .await;
-                            self.emit(
-                                "response.output_text.delta",
-                                json!({"item_id": final_id, "output_index": output_index, "content_index": 0, "delta": text, "logprobs": []}),
-                            )
-                            .await;
+                            for piece in pieces(&text, chunks) {
+                                self.emit(
+                                    "response.output_text.delta",
+                                    json!({"item_id": final_id, "output_index": output_index, "content_index": 0,
+                                           "delta": piece, "logprobs": []}),
+                                )
+                                .await;
+                            }
                             (final_id.clone(), output_index)
                         }
                     };
@@ -342,10 +375,7 @@ impl Generator {
             }
             EventBody::ApprovalRequested { approval_id, name, arguments, .. } => {
                 let (label, tool) = self.mcp(name).unwrap_or_else(|| (String::new(), name.clone()));
-                let item = json!({
-                    "type": "mcp_approval_request", "id": crate::items::approval_item_id(approval_id),
-                    "server_label": label, "name": tool, "arguments": arguments,
-                });
+                let item = approval_request_item(approval_id, &label, &tool, arguments);
                 let output_index = self.next_output;
                 self.next_output += 1;
                 self.emit("response.output_item.added", json!({"output_index": output_index, "item": item.clone()}))
@@ -354,42 +384,32 @@ impl Generator {
             }
             EventBody::ToolCallCompleted { call_id, name, output, is_error } => {
                 if let Some((label, tool)) = self.mcp(name) {
-                    let id = item_id("mcp", &session, e.seq, 0);
-                    let arguments = self.calls.get(call_id).map(|c| c.arguments.clone()).unwrap_or_default();
+                    let call = McpCall {
+                        id: item_id("mcp", &session, e.seq, 0),
+                        label,
+                        tool,
+                        arguments: self.calls.get(call_id).map(|c| c.arguments.clone()).unwrap_or_default(),
+                        approval: self.approvals.get(call_id).cloned(),
+                    };
+                    let (id, arguments) = (call.id.clone(), call.arguments.clone());
                     let output_index = self.next_output;
                     self.next_output += 1;
-                    let mut item = json!({
-                        "type": "mcp_call", "id": id, "server_label": label, "name": tool,
-                        "arguments": arguments, "output": null, "error": null, "status": "in_progress",
-                    });
+                    let at = json!({"item_id": id, "output_index": output_index});
                     self.emit(
                         "response.output_item.added",
-                        json!({"output_index": output_index, "item": item.clone()}),
+                        json!({"output_index": output_index, "item": call.item(None)}),
                     )
                     .await;
-                    self.emit("response.mcp_call.in_progress", json!({"item_id": id, "output_index": output_index}))
-                        .await;
-                    self.emit(
-                        "response.mcp_call_arguments.delta",
-                        json!({"item_id": id, "output_index": output_index, "delta": arguments}),
-                    )
-                    .await;
-                    self.emit(
-                        "response.mcp_call_arguments.done",
-                        json!({"item_id": id, "output_index": output_index, "arguments": arguments}),
-                    )
-                    .await;
-                    if *is_error {
-                        item["error"] = json!(output);
-                        item["status"] = json!("failed");
-                        self.emit("response.mcp_call.failed", json!({"item_id": id, "output_index": output_index}))
-                            .await;
-                    } else {
-                        item["output"] = json!(output);
-                        item["status"] = json!("completed");
-                        self.emit("response.mcp_call.completed", json!({"item_id": id, "output_index": output_index}))
-                            .await;
-                    }
+                    self.emit("response.mcp_call.in_progress", at.clone()).await;
+                    let mut delta = at.clone();
+                    delta["delta"] = json!(arguments);
+                    self.emit("response.mcp_call_arguments.delta", delta).await;
+                    let mut done = at.clone();
+                    done["arguments"] = json!(arguments);
+                    self.emit("response.mcp_call_arguments.done", done).await;
+                    let outcome = if *is_error { "response.mcp_call.failed" } else { "response.mcp_call.completed" };
+                    self.emit(outcome, at).await;
+                    let item = call.item(Some((output, *is_error)));
                     self.emit("response.output_item.done", json!({"output_index": output_index, "item": item})).await;
                 }
             }
@@ -411,5 +431,36 @@ impl Generator {
             _ => {}
         }
         false
+    }
+}
+
+/// The text cut as it streamed (by the recorded piece sizes), or whole when they don't fit it.
+fn pieces<'a>(text: &'a str, chunks: &[u32]) -> Vec<&'a str> {
+    let mut out = Vec::with_capacity(chunks.len());
+    let mut at = 0usize;
+    for &c in chunks {
+        let end = at + c as usize;
+        match text.get(at..end) {
+            Some(p) => out.push(p),
+            None => return vec![text],
+        }
+        at = end;
+    }
+    if at != text.len() || out.is_empty() {
+        return vec![text];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pieces;
+
+    #[test]
+    fn replayed_pieces_are_the_streamed_ones() {
+        assert_eq!(pieces("echo: héllo", &[6, 6]), vec!["echo: ", "héllo"]);
+        assert_eq!(pieces("abc", &[]), vec!["abc"]);
+        assert_eq!(pieces("abc", &[1, 1]), vec!["abc"], "sizes that don't cover the text");
+        assert_eq!(pieces("é", &[1, 1]), vec!["é"], "sizes that cut a character");
     }
 }

@@ -159,7 +159,7 @@ fn data_lines(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Checks a Responses event stream: sequence numbers ascend by one from `first`, the frame's
+/// Checks a Responses event stream: sequence numbers (OpenAI starts at 0) ascend by one from `first`, the frame's
 /// `event:` names its `type`, and the last event is `last`. Returns the frames' data.
 fn check_response_stream(text: &str, first: u64, last: &str) -> Vec<Value> {
     let frames = sse_frames(text);
@@ -570,14 +570,14 @@ async fn background_response_survives_sigkill_and_resumes_its_stream() {
     assert_eq!(again.status, 200);
     assert_eq!(data_lines(&again.text), data_lines(&first.text), "a resumed stream must be deterministic");
 
-    // And from the start: events 1..=3 are the opening ones, then the same as above.
+    // And from the start: events 0..=3 come first, then the same as above.
     let whole = stead.get(&format!("/v1/responses/{id}?stream=true")).await;
-    let all = check_response_stream(&whole.text, 1, "response.completed");
+    let all = check_response_stream(&whole.text, 0, "response.completed");
     assert_eq!(all[0]["type"], "response.created");
     assert_eq!(all[1]["type"], "response.in_progress");
-    assert_eq!(data_lines(&whole.text)[3..], data_lines(&first.text)[..]);
+    assert_eq!(data_lines(&whole.text)[4..], data_lines(&first.text)[..]);
     // The stream that watched the run finish is the same as the one of the finished run.
-    check_response_stream(&live, 1, "response.completed");
+    check_response_stream(&live, 0, "response.completed");
     assert_eq!(data_lines(&live), data_lines(&whole.text), "a stream is the same whenever it is read");
 }
 
@@ -625,7 +625,7 @@ async fn unstored_responses_leave_nothing_behind() {
             "model": "scripted", "input": "streamed and forgotten", "store": false, "stream": true})))
         .await;
     let text = raw.text().await.unwrap();
-    let events = check_response_stream(&text, 1, "response.completed");
+    let events = check_response_stream(&text, 0, "response.completed");
     assert_eq!(output_text(&events.last().unwrap()["response"]), "echo: streamed and forgotten");
     let streamed_id = events[0]["response"]["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + TIMEOUT;
@@ -855,7 +855,7 @@ async fn anthropic_route_streams_text_through_responses() {
     assert_eq!(raw.status().as_u16(), 200);
     assert!(raw.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"), "{:?}", raw.headers());
     let text = raw.text().await.unwrap();
-    let events = check_response_stream(&text, 1, "response.completed");
+    let events = check_response_stream(&text, 0, "response.completed");
     assert_eq!(events[0]["type"], "response.created");
     let deltas = deltas_of(&events);
     assert_eq!(deltas, CLAUDE_HELLO, "deltas concatenate to the text:\n{text}");
@@ -1357,7 +1357,7 @@ async fn streamed_response_deltas_add_up_to_the_text() {
         .await;
     assert_eq!(raw.status().as_u16(), 200);
     let text = raw.text().await.unwrap();
-    let events = check_response_stream(&text, 1, "response.completed");
+    let events = check_response_stream(&text, 0, "response.completed");
     assert_eq!(output_text(&events.last().unwrap()["response"]), want);
     let done: Vec<&Value> = events.iter().filter(|e| e["type"] == "response.output_text.done").collect();
     assert_eq!(done.len(), 1);

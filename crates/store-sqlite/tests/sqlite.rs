@@ -67,6 +67,7 @@ fn responded(run: RunId, call: Option<&str>, content: Option<&str>) -> NewEvent 
                 .collect(),
             usage: Usage { input_tokens: 12, output_tokens: 5 },
             finish_reason: "stop".into(),
+            chunks: Vec::new(),
         },
     }
 }

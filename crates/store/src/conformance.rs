@@ -221,6 +221,7 @@ fn responded(run: RunId, calls: Vec<ToolCall>, content: Option<&str>) -> NewEven
             tool_calls: calls,
             usage: Usage { input_tokens: 3, output_tokens: 2 },
             finish_reason: "stop".into(),
+            chunks: Vec::new(),
         },
     )
 }
@@ -1876,6 +1877,7 @@ pub async fn session_level_events_belong_to_no_run(make: &impl MakeStore) {
             tool_calls: vec![],
             usage: Usage::default(),
             finish_reason: "stop".into(),
+            chunks: Vec::new(),
         },
         EventBody::ToolCallCompleted {
             call_id: "c1".into(),
