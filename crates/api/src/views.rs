@@ -16,9 +16,22 @@ pub struct Agent {
     /// Hex SHA-256 of the spec's canonical JSON.
     pub spec_hash: String,
     pub created_at: String,
-    /// The agent spec, as stored (see the README for its fields).
+    /// The agent spec, as stored (see the README for its fields), with literal MCP header
+    /// values shown as `[redacted]` (`${env:VAR}` references are shown).
     #[schema(value_type = Object)]
     pub spec: serde_json::Value,
+}
+
+/// Header values given literally (e.g. a bearer token a Responses API caller sent for its
+/// MCP server) are secrets: they are used, never shown.
+fn redact_headers(spec: &mut serde_json::Value) {
+    for server in spec["mcp_servers"].as_array_mut().into_iter().flatten() {
+        for (_, v) in server["headers"].as_object_mut().into_iter().flatten() {
+            if v.as_str().is_some_and(|s| !s.starts_with("${env:") || !s.ends_with('}')) {
+                *v = serde_json::Value::String("[redacted]".into());
+            }
+        }
+    }
 }
 
 impl From<AgentVersion> for Agent {
@@ -30,7 +43,11 @@ impl From<AgentVersion> for Agent {
             version: v.version,
             spec_hash: v.spec_hash,
             created_at: v.created_at.to_rfc3339(),
-            spec: serde_json::to_value(&v.spec).unwrap_or_default(),
+            spec: {
+                let mut spec = serde_json::to_value(&v.spec).unwrap_or_default();
+                redact_headers(&mut spec);
+                spec
+            },
         }
     }
 }
@@ -276,5 +293,21 @@ impl From<stead_store::ApprovalRecord> for Approval {
             decided_arguments: a.decided_arguments,
             output: a.output,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn literal_mcp_headers_are_redacted() {
+        let mut spec = serde_json::json!({"mcp_servers": [
+            {"name": "a", "headers": {"Authorization": "Bearer sk-secret", "X-Key": "${env:KEY}", "X-Mixed": "${env:A}-tail"}},
+            {"name": "b"}
+        ]});
+        super::redact_headers(&mut spec);
+        let h = &spec["mcp_servers"][0]["headers"];
+        assert_eq!(h["Authorization"], "[redacted]");
+        assert_eq!(h["X-Key"], "${env:KEY}");
+        assert_eq!(h["X-Mixed"], "[redacted]");
     }
 }
