@@ -11,6 +11,35 @@ use crate::message::Message;
 pub const MISSING_RESULT: &str =
     "error: no result was recorded for this call (its run ended before the call completed)";
 
+/// Whether every tool call in `messages` is answered exactly once, right after its call's turn
+/// (before any other message), and no result is orphaned: the shape providers accept.
+pub fn is_well_formed<M: Borrow<Message>>(messages: &[M]) -> bool {
+    let mut open: Vec<&str> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for m in messages {
+        match m.borrow() {
+            Message::Tool { call_id, .. } => {
+                if !open.contains(&call_id.as_str()) || !seen.insert(call_id.as_str()) {
+                    return false;
+                }
+                open.retain(|c| c != call_id);
+            }
+            Message::Assistant { tool_calls, .. } => {
+                if !open.is_empty() {
+                    return false;
+                }
+                open = tool_calls.iter().map(|c| c.id.as_str()).collect();
+            }
+            _ => {
+                if !open.is_empty() {
+                    return false;
+                }
+            }
+        }
+    }
+    open.is_empty()
+}
+
 /// Builds the model's context: instructions, then the most recent messages that fit the
 /// budget, repaired so that every tool call has exactly one result and no result is orphaned
 /// (providers reject both). History itself is never changed; only what the model sees.
@@ -109,32 +138,6 @@ mod tests {
     }
 
     /// The property providers need: every call answered once, in order, no orphans.
-    fn well_formed(ctx: &[Message]) -> bool {
-        let mut open: Vec<&str> = Vec::new();
-        let mut seen = HashSet::new();
-        for m in ctx {
-            match m {
-                Message::Tool { call_id, .. } => {
-                    if !open.contains(&call_id.as_str()) || !seen.insert(call_id.clone()) {
-                        return false;
-                    }
-                    open.retain(|c| c != call_id);
-                }
-                Message::Assistant { tool_calls, .. } => {
-                    if !open.is_empty() {
-                        return false;
-                    }
-                    open = tool_calls.iter().map(|c| c.id.as_str()).collect();
-                }
-                _ => {
-                    if !open.is_empty() {
-                        return false;
-                    }
-                }
-            }
-        }
-        open.is_empty()
-    }
 
     #[test]
     fn window_keeps_newest_and_repairs_cuts() {
@@ -152,7 +155,7 @@ mod tests {
         for max_messages in 2..=12 {
             let spec = ContextSpec { max_messages, max_tokens: 1_000_000 };
             let ctx = build_context("be brief", &history, &spec);
-            assert!(well_formed(&ctx[1..]), "max_messages={max_messages}: {ctx:?}");
+            assert!(is_well_formed(&ctx[1..]), "max_messages={max_messages}: {ctx:?}");
             assert_eq!(ctx.last(), Some(&result("4")));
             assert_eq!(ctx[0], Message::System { content: "be brief".into() });
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use stead_core::agent::SpecFormat;
-use stead_core::context::MISSING_RESULT;
+use stead_core::context::{MISSING_RESULT, is_well_formed};
 use stead_core::event::{AgentRef, ApprovalDecision, CarriedCall, Event, EventBody};
 use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::message::{Message, ToolCall};
@@ -142,32 +142,11 @@ fn decision(decision: ApprovalDecision, reason: &str) -> DecisionInput {
     DecisionInput { decision, reason: Some(reason.into()), arguments: None, output: None }
 }
 
-/// Every tool call in `messages` is answered by the message right after its call's turn, and
-/// nothing is answered with the placeholder for a missing result.
+/// Every tool call in `messages` is answered right after its call's turn, and nothing is
+/// answered with the placeholder for a missing result.
 fn answered_in_place(messages: &[Message]) -> bool {
-    let mut open: Vec<&str> = Vec::new();
-    for m in messages {
-        match m {
-            Message::Tool { call_id, content, .. } => {
-                if content == MISSING_RESULT || !open.contains(&call_id.as_str()) {
-                    return false;
-                }
-                open.retain(|c| c != call_id);
-            }
-            Message::Assistant { tool_calls, .. } => {
-                if !open.is_empty() {
-                    return false;
-                }
-                open = tool_calls.iter().map(|c| c.id.as_str()).collect();
-            }
-            _ => {
-                if !open.is_empty() {
-                    return false;
-                }
-            }
-        }
-    }
-    open.is_empty()
+    is_well_formed(messages)
+        && !messages.iter().any(|m| matches!(m, Message::Tool { content, .. } if content == MISSING_RESULT))
 }
 
 const CLIENT: &str = "name: handoff\nmodel: {provider: scripted, name: s}\ninstructions: You hand off.\ntools:\n  - {name: lookup, type: client}\npause: complete\n";
