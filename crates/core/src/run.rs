@@ -98,6 +98,13 @@ pub struct CallApproval {
     pub output: Option<String>,
 }
 
+impl CallApproval {
+    /// A question just asked, not yet decided.
+    pub fn open(id: ApprovalId, kind: ApprovalKind) -> Self {
+        Self { id, kind, decision: None, decided_by: None, reason: None, arguments: None, output: None }
+    }
+}
+
 impl PendingCall {
     fn undecided_approval(&self) -> bool {
         self.approval.as_ref().is_some_and(|a| a.decision.is_none())
@@ -170,15 +177,7 @@ impl RunState {
                     call: c.call.clone(),
                     idempotency_key: None,
                     awaiting_client: false,
-                    approval: Some(CallApproval {
-                        id: c.approval_id,
-                        kind: ApprovalKind::ToolCall,
-                        decision: None,
-                        decided_by: None,
-                        reason: None,
-                        arguments: None,
-                        output: None,
-                    }),
+                    approval: Some(CallApproval::open(c.approval_id, ApprovalKind::ToolCall)),
                     approved_arguments: None,
                 })
                 .collect();
@@ -271,15 +270,7 @@ impl RunState {
                     }
                     _ => {}
                 }
-                p.approval = Some(CallApproval {
-                    id: *approval_id,
-                    kind: *kind,
-                    decision: None,
-                    decided_by: None,
-                    reason: None,
-                    arguments: None,
-                    output: None,
-                });
+                p.approval = Some(CallApproval::open(*approval_id, *kind));
             }
             EventBody::ApprovalDecided { approval_id, call_id, decision, decided_by, reason, arguments, output } => {
                 let p = self.pending_mut(call_id)?;
