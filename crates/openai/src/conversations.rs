@@ -12,9 +12,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use stead_api::{Principal, authenticate};
-use stead_core::agent::SpecFormat;
-use stead_core::event::Event;
-use stead_core::ids::SessionId;
 use stead_store::SessionRecord;
 
 use crate::error::{OaiError, OaiResult, parse_body, respond};
@@ -80,18 +77,6 @@ async fn load(st: &OaiState, p: &Principal, id: &str) -> OaiResult<SessionRecord
     }
 }
 
-async fn all_events(st: &OaiState, p: &Principal, session: &SessionId) -> OaiResult<Vec<Event>> {
-    let mut events = Vec::new();
-    let mut after = 0;
-    loop {
-        let batch = st.engine.store().read_events(&p.tenant, session, after, 1000).await?;
-        let Some(last) = batch.last() else { break };
-        after = last.seq;
-        events.extend(batch);
-    }
-    Ok(events)
-}
-
 fn items_as_messages(items: &[Value]) -> OaiResult<Vec<stead_core::message::Message>> {
     if items.len() > MAX_ITEMS_PER_REQUEST {
         return Err(OaiError::invalid(
@@ -122,7 +107,7 @@ pub async fn create(State(st): State<OaiState>, headers: HeaderMap, body: Bytes)
         let metadata = req.metadata.unwrap_or_default();
         check_metadata(&metadata)?;
         let messages = items_as_messages(req.items.as_deref().unwrap_or_default())?;
-        let (agent, _) = st.engine.apply_agent(&p.tenant, CONVERSATION_AGENT, SpecFormat::Json).await?;
+        let agent = crate::ensure_agent(&st, &p.tenant, CONVERSATION_AGENT).await?;
         let session = st
             .engine
             .create_session(
@@ -219,7 +204,7 @@ pub async fn list_items(
         let p = authenticate(&st.auth, &headers)?;
         let Query(q) = q.map_err(|e| OaiError::invalid("query", "invalid_value", e.body_text()))?;
         let s = load(&st, &p, &id).await?;
-        let events = all_events(&st, &p, &s.id).await?;
+        let events = crate::events_after(&st, &p.tenant, &s.id, 0).await?;
         let items: Vec<Value> = render(&s.id, &events).into_iter().map(|r| r.item).collect();
         Ok(Json(page(items, &q, "desc")?).into_response())
     })
@@ -229,7 +214,7 @@ pub async fn list_items(
 async fn find_item(st: &OaiState, p: &Principal, conv: &str, item: &str) -> OaiResult<(SessionRecord, Rendered)> {
     let s = load(st, p, conv).await?;
     let not_found = || OaiError::new(StatusCode::NOT_FOUND, "not_found", format!("Item with id '{item}' not found."));
-    let events = all_events(st, p, &s.id).await?;
+    let events = crate::events_after(st, &p.tenant, &s.id, 0).await?;
     let found = render(&s.id, &events).into_iter().find(|r| r.id() == item).ok_or_else(not_found)?;
     Ok((s, found))
 }

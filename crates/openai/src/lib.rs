@@ -26,9 +26,11 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use stead_api::Auth;
-use stead_core::ids::TenantId;
+use stead_core::agent::{AgentSpec, SpecFormat};
+use stead_core::event::Event;
+use stead_core::ids::{SessionId, TenantId};
 use stead_engine::Engine;
-use stead_store::Page;
+use stead_store::{AgentVersion, Page};
 use stead_tools_http::Guard;
 
 pub use error::{OaiError, OaiResult};
@@ -92,6 +94,37 @@ pub fn router(state: OaiState) -> Router {
         .route("/v1/models/{id}", get(passthrough::retrieve_model))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Every event of a session after `after`, in log order.
+pub(crate) async fn events_after(
+    st: &OaiState,
+    tenant: &TenantId,
+    session: &SessionId,
+    mut after: u64,
+) -> OaiResult<Vec<Event>> {
+    let mut events = Vec::new();
+    loop {
+        let batch = st.engine.store().read_events(tenant, session, after, 1000).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.seq;
+        events.extend(batch);
+    }
+    Ok(events)
+}
+
+/// The agent version for settings this API builds (named by their hash): found with a read
+/// when these settings were seen before, so the single writer only sees new ones.
+pub(crate) async fn ensure_agent(
+    st: &OaiState,
+    tenant: &TenantId,
+    spec_json: &str,
+) -> stead_engine::Result<AgentVersion> {
+    let spec = AgentSpec::parse(spec_json, SpecFormat::Json)?;
+    match st.engine.store().get_agent(tenant, &spec.name, None).await {
+        Ok(v) if v.spec == spec => Ok(v),
+        _ => Ok(st.engine.apply_agent(tenant, spec_json, SpecFormat::Json).await?.0),
+    }
 }
 
 /// Deletes what `store: false` responses left behind when the process died before their

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use stead_api::{Principal, authenticate};
-use stead_core::agent::SpecFormat;
 use stead_core::event::{AgentRef, ApprovalDecision, CarriedCall, Event, EventBody};
 use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::message::{Message, ToolCall};
@@ -294,14 +293,7 @@ async fn resolve_base(st: &OaiState, p: &Principal, req: &CreateResponse, store_
     }
     let session = store.get_session(&p.tenant, &prev.session_id).await?;
     // Everything after the previous response's run_created, to see whether the session moved on.
-    let mut tail = Vec::new();
-    let mut after = prev.state.created_seq.saturating_sub(1);
-    loop {
-        let batch = store.read_events(&p.tenant, &prev.session_id, after, 500).await?;
-        let Some(last) = batch.last() else { break };
-        after = last.seq;
-        tail.extend(batch);
-    }
+    let tail = crate::events_after(st, &p.tenant, &prev.session_id, prev.state.created_seq.saturating_sub(1)).await?;
     let moved_on = tail.iter().any(|e| e.run_id != Some(prev.id));
     let is_conversation = session.metadata[SESSION_KIND] == "conversation";
     let prev_events: Vec<Event> = tail.iter().filter(|e| e.run_id == Some(prev.id)).cloned().collect();
@@ -322,15 +314,7 @@ async fn resolve_base(st: &OaiState, p: &Principal, req: &CreateResponse, store_
 /// The conversation as `run` saw it when it finished: every message before and of it, without
 /// runs that came later, with removed items taken out.
 async fn history_until(st: &OaiState, run: &RunRecord) -> OaiResult<Vec<Message>> {
-    let store = st.engine.store();
-    let mut events = Vec::new();
-    let mut after = 0;
-    loop {
-        let batch = store.read_events(&run.tenant_id, &run.session_id, after, 1000).await?;
-        let Some(last) = batch.last() else { break };
-        after = last.seq;
-        events.extend(batch);
-    }
+    let events = crate::events_after(st, &run.tenant_id, &run.session_id, 0).await?;
     let mut created: HashMap<RunId, u64> = HashMap::new();
     for e in &events {
         if let (EventBody::RunCreated { .. }, Some(r)) = (&e.body, e.run_id) {
@@ -477,9 +461,7 @@ async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResul
         return Err(OaiError::invalid("input", "missing_required_parameter", "Missing required parameter: 'input'."));
     }
 
-    let (version, _) = st
-        .engine
-        .apply_agent(&p.tenant, &agent.spec.to_string(), SpecFormat::Json)
+    let version = crate::ensure_agent(&st, &p.tenant, &agent.spec.to_string())
         .await
         .map_err(|e| OaiError::from(e).with_param("tools"))?;
     let agent_ref = AgentRef { name: version.name.clone(), version: version.version };
