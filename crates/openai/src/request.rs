@@ -631,6 +631,28 @@ fn mcp_server(t: &Value, param: &str) -> OaiResult<(Value, McpTool)> {
     Ok((server, McpTool { label: label.to_owned(), slug, url: url.to_owned() }))
 }
 
+/// The request's tools as kept in the log and echoed in responses: an `mcp` tool's header
+/// values and `authorization` are credentials, which never reach the log.
+pub fn redacted_tools(tools: &[Value]) -> Vec<Value> {
+    tools
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            if t["type"] == "mcp" {
+                if let Some(h) = t.get_mut("headers").and_then(Value::as_object_mut) {
+                    for v in h.values_mut() {
+                        *v = json!("[redacted]");
+                    }
+                }
+                if t.get("authorization").is_some_and(|a| !a.is_null()) {
+                    t["authorization"] = json!("[redacted]");
+                }
+            }
+            t
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use stead_core::agent::{AgentSpec, Provider, SpecFormat};
@@ -763,5 +785,20 @@ mod tests {
                 .clone()
         };
         assert_ne!(name(json!("auto")), name(json!("none")));
+    }
+
+    #[test]
+    fn mcp_credentials_are_redacted_in_what_is_kept() {
+        let tools = vec![
+            json!({"type": "mcp", "server_label": "a", "server_url": "http://x/mcp",
+                   "headers": {"Authorization": "Bearer sk-secret"}, "authorization": "tok-secret"}),
+            json!({"type": "function", "name": "f", "parameters": {"type": "object"}}),
+        ];
+        let kept = redacted_tools(&tools);
+        let text = serde_json::to_string(&kept).unwrap();
+        assert!(!text.contains("secret"), "{text}");
+        assert_eq!(kept[0]["headers"]["Authorization"], "[redacted]");
+        assert_eq!(kept[0]["server_url"], "http://x/mcp");
+        assert_eq!(kept[1], tools[1]);
     }
 }

@@ -348,7 +348,7 @@ fn echo_meta(req: &CreateResponse, model: &str, mcp_labels: &std::collections::B
     json!({ META_KEY: {
         "model": model,
         "instructions": req.instructions,
-        "tools": req.tools,
+        "tools": crate::request::redacted_tools(&req.tools),
         "tool_choice": req.tool_choice.clone().unwrap_or(json!("auto")),
         "parallel_tool_calls": req.parallel_tool_calls.unwrap_or(true),
         "temperature": req.temperature,
