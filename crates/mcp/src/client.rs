@@ -8,7 +8,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use stead_core::error::error_chain;
 
 use rmcp::ServiceError;
 use rmcp::model::{
@@ -19,6 +18,7 @@ use rmcp::service::{ClientInitializeError, ClientLifecycleMode, ClientServiceExt
 use rmcp::transport::streamable_http_client::StreamableHttpError;
 use tokio_util::sync::CancellationToken;
 
+use crate::redact::Secrets;
 use crate::stdio::{self, ServerProcess, StderrTail, describe_exit};
 use crate::{CallResult, Error, IDEMPOTENCY_KEY_META, McpTool, ServerConfig, Transport, convert, http};
 
@@ -48,6 +48,8 @@ pub struct McpClient {
 
 struct Inner {
     config: ServerConfig,
+    /// The config's credentials, redacted from everything this client returns or logs.
+    secrets: Arc<Secrets>,
     stderr: Arc<StderrTail>,
     /// The connection in use; replaced when it dies. Read without awaiting on the hot path.
     current: Mutex<Option<Arc<Conn>>>,
@@ -95,9 +97,11 @@ impl McpClient {
     /// Starts (stdio) or reaches (HTTP) the server and completes the MCP handshake, within
     /// `connect_timeout`.
     pub async fn connect(config: ServerConfig) -> Result<Self, Error> {
-        validate(&config)?;
+        let secrets = Arc::new(Secrets::of(&config));
+        validate(&config).map_err(|e| secrets.error(e))?;
         let inner = Arc::new(Inner {
             config,
+            secrets,
             stderr: Arc::default(),
             current: Mutex::new(None),
             connect_gate: tokio::sync::Mutex::new(()),
@@ -105,13 +109,22 @@ impl McpClient {
             closed: CancellationToken::new(),
         });
         let client = McpClient { inner };
-        client.connection().await?;
+        client.connection().await.map_err(|e| client.inner.secrets.error(e))?;
         Ok(client)
     }
 
-    /// Every tool the server offers (all pages). Read-only, so a connection lost mid-request is
-    /// retried once on a fresh connection.
+    /// Every tool the server offers (all pages), with the config's credentials redacted from
+    /// names, descriptions and schemas. Read-only, so a connection lost mid-request is retried
+    /// once on a fresh connection.
     pub async fn list_tools(&self) -> Result<Vec<McpTool>, Error> {
+        let secrets = &self.inner.secrets;
+        match self.list_tools_unredacted().await {
+            Ok(tools) => Ok(tools.into_iter().map(|t| secrets.tool(t)).collect()),
+            Err(e) => Err(secrets.error(e)),
+        }
+    }
+
+    async fn list_tools_unredacted(&self) -> Result<Vec<McpTool>, Error> {
         let timeout = self.inner.config.call_timeout;
         let mut retried = false;
         loop {
@@ -136,8 +149,28 @@ impl McpClient {
     /// Calls tool `name` once, sending `idempotency_key` in the request's `_meta` under
     /// [`IDEMPOTENCY_KEY_META`]. A call is re-sent only if it provably never left (the write to
     /// a dead stdio server failed, or the HTTP connection could not be opened); if the
-    /// connection closes while it is in flight the result is [`Error::ConnectionLost`].
+    /// connection closes while it is in flight the result is [`Error::ConnectionLost`]. The
+    /// config's credentials are redacted from the result (text and structured content).
     pub async fn call_tool(
+        &self,
+        name: &str,
+        arguments: serde_json::Map<String, serde_json::Value>,
+        idempotency_key: &str,
+    ) -> Result<CallResult, Error> {
+        let secrets = &self.inner.secrets;
+        match self.call_tool_unredacted(name, arguments, idempotency_key).await {
+            Ok(mut result) => {
+                result.text = secrets.redact(&result.text);
+                if let Some(structured) = &mut result.structured {
+                    secrets.redact_json(structured);
+                }
+                Ok(result)
+            }
+            Err(e) => Err(secrets.error(e)),
+        }
+    }
+
+    async fn call_tool_unredacted(
         &self,
         name: &str,
         arguments: serde_json::Map<String, serde_json::Value>,
@@ -176,9 +209,10 @@ impl McpClient {
         }
     }
 
-    /// The last ~8 KiB the stdio server (any of its incarnations) wrote to stderr. Empty for HTTP.
+    /// The last ~8 KiB the stdio server (any of its incarnations) wrote to stderr, with the
+    /// config's credentials redacted. Empty for HTTP.
     pub fn stderr_tail(&self) -> String {
-        self.inner.stderr.text()
+        self.inner.secrets.redact(&self.inner.stderr.text())
     }
 
     /// The pid of the running stdio server, if any. For diagnostics and tests.
@@ -268,10 +302,10 @@ impl McpClient {
         let timeout = config.connect_timeout;
         match &config.transport {
             Transport::Stdio { command, args, env, cwd } => {
-                let spawned = stdio::spawn(&config.name, command, args, env, cwd.as_deref(), self.inner.stderr.clone())
-                    .map_err(|e| {
-                        Error::Connect(format!("MCP server `{}`: cannot start `{command}`: {e}", config.name))
-                    })?;
+                let stderr = stdio::StderrSink { tail: self.inner.stderr.clone(), secrets: self.inner.secrets.clone() };
+                let spawned = stdio::spawn(&config.name, command, args, env, cwd.as_deref(), stderr).map_err(|e| {
+                    Error::Connect(format!("MCP server `{}`: cannot start `{command}`: {e}", config.name))
+                })?;
                 let process = spawned.process;
                 let transport = (spawned.stdout, spawned.stdin);
                 match tokio::time::timeout(timeout, client_info().serve_with_lifecycle(transport, lifecycle())).await {
@@ -290,20 +324,27 @@ impl McpClient {
                                 self.stderr_suffix()
                             )))
                         } else {
-                            Err(init_error(&config.name, &error.to_string()))
+                            Err(init_error(&config.name, &http::detail(&error, &self.inner.secrets)))
                         }
                     }
                     Err(_) => Err(self.timeout(CONNECT, timeout)),
                 }
             }
             Transport::Http { url, headers } => {
-                let transport = http::transport(&config.name, url, headers, timeout)?;
+                let target = http::Target {
+                    server: &config.name,
+                    url,
+                    headers,
+                    guard: config.url_guard.as_ref(),
+                    connect_timeout: timeout,
+                };
+                let transport = http::transport(&target, &self.inner.secrets)?;
                 match tokio::time::timeout(timeout, client_info().serve_with_lifecycle(transport, lifecycle())).await {
                     Ok(Ok(service)) => {
                         tracing::info!(server = %config.name, url = %http::redact_url(url), "MCP server connected");
                         Ok(Conn { service, process: None, broken: AtomicBool::new(false) })
                     }
-                    Ok(Err(error)) => Err(init_error(&config.name, &http::scrub(error_chain(&error), url, headers))),
+                    Ok(Err(error)) => Err(init_error(&config.name, &http::detail(&error, &self.inner.secrets))),
                     Err(_) => Err(self.timeout(CONNECT, timeout)),
                 }
             }
@@ -333,8 +374,12 @@ impl McpClient {
                     // request (a request is acted on only once its whole line is read).
                     Some(process) => Failure::NotDelivered(self.exited(process, what, false).await),
                     None => {
-                        let text = self.scrubbed(error_chain(&send));
+                        let text = http::detail(&send, &self.inner.secrets);
                         match send.error.downcast_ref::<StreamableHttpError<reqwest::Error>>() {
+                            // The server answered 3xx: it did not run anything, and we go nowhere else.
+                            Some(StreamableHttpError::Client(e)) if http::is_redirect(e) => {
+                                Failure::Final(Error::Connect(format!("MCP server `{name}`: {text}")))
+                            }
                             Some(StreamableHttpError::Client(e)) if e.is_connect() => Failure::NotDelivered(
                                 Error::Connect(format!("MCP server `{name}`: cannot connect: {text}")),
                             ),
@@ -371,7 +416,7 @@ impl McpClient {
             ))),
             other => Failure::Final(Error::Protocol(format!(
                 "MCP server `{name}`: {operation} failed: {}",
-                self.scrubbed(other.to_string())
+                http::detail(&other, &self.inner.secrets)
             ))),
         }
     }
@@ -401,7 +446,8 @@ impl McpClient {
     }
 
     fn stderr_suffix(&self) -> String {
-        let tail = self.inner.stderr.text();
+        // Redacted before it is cut, so the cut cannot leave part of a secret.
+        let tail = self.stderr_tail();
         let tail = tail.trim_end();
         if tail.is_empty() {
             return String::new();
@@ -411,13 +457,6 @@ impl McpClient {
             start += 1;
         }
         format!("; stderr tail:\n{}", &tail[start..])
-    }
-
-    fn scrubbed(&self, text: String) -> String {
-        match &self.inner.config.transport {
-            Transport::Http { url, headers } => http::scrub(text, url, headers),
-            Transport::Stdio { .. } => text,
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The crate's error type. Messages name the server and say what happened; they never carry
-//! HTTP header values or environment values (the `http` module scrubs SDK error text).
+//! HTTP header values or environment values (`redact::Secrets` removes them from every error
+//! before it leaves the crate).
 
 use std::time::Duration;
 
@@ -37,6 +38,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error with `f` applied to each of its texts (not the server's name).
+    pub(crate) fn map_text(self, f: impl Fn(String) -> String) -> Self {
+        match self {
+            Error::Config(t) => Error::Config(f(t)),
+            Error::Connect(t) => Error::Connect(f(t)),
+            Error::Protocol(t) => Error::Protocol(f(t)),
+            Error::Rpc { server, code, message } => Error::Rpc { server, code, message: f(message) },
+            Error::ServerExited(t) => Error::ServerExited(f(t)),
+            Error::ConnectionLost(t) => Error::ConnectionLost(f(t)),
+            other @ (Error::Timeout { .. } | Error::Closed(_)) => other,
+        }
+    }
+
     /// Whether a `tools/call` that failed with this error may have run on the server: the
     /// caller must not assume it did not (retry only idempotent tools, with the same key).
     pub fn is_outcome_unknown(&self) -> bool {

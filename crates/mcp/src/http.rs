@@ -1,9 +1,18 @@
-//! Streamable HTTP: building the SDK transport over our reqwest client, and keeping header
-//! values (credentials) out of everything we print.
+//! Streamable HTTP: building the SDK transport over our own reqwest client, behind the SSRF
+//! guard when the URL was chosen by a tenant, and wording transport failures without header
+//! values (credentials) or more than an excerpt of what a server answered.
 //!
 //! The SDK does the protocol work: JSON or SSE answers, session ids for servers that keep
 //! sessions, none for stateless ones, and the 2026-07-28 sessionless revision (the client
 //! probes with `server/discover` and falls back to `initialize` for older servers).
+//!
+//! Where requests go: rmcp 3.11 sends every POST, GET and DELETE of a session to the
+//! configured URL (a redirect never changes it). So the URL's host, checked here before the
+//! transport exists, is the only destination: an IP literal is checked once by
+//! [`Guard::check_url`] (it cannot change), and a host name is resolved by the guard's
+//! resolver on every new connection, so a DNS answer that changes (rebinding) is checked
+//! again. Redirects are never followed: the first 3xx ends the request with our error, before
+//! anything is read from it or sent to the place it points to.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Once};
@@ -12,26 +21,49 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::common::client_side_sse::ExponentialBackoff;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::streamable_http_client::{StreamableHttpClientTransportConfig, StreamableHttpError};
+use stead_core::error::error_chain;
+use stead_tools_http::Guard;
 
 use crate::Error;
+use crate::redact::Secrets;
 
-/// Headers the transport sets itself; a configured value would break the protocol.
 /// Attempts to resume an interrupted SSE answer before the request fails.
 const SSE_RESUME_ATTEMPTS: usize = 3;
+/// How much of a server's error body an error message quotes.
+pub(crate) const BODY_EXCERPT: usize = 200;
+/// How much of any SDK error text (which may quote a whole server message) a message quotes.
+pub(crate) const DETAIL_EXCERPT: usize = 600;
 
+/// Headers the transport sets itself; a configured value would break the protocol.
 const RESERVED: &[&str] = &["accept", "content-type", "mcp-session-id", "mcp-protocol-version", "last-event-id"];
 
+/// Where an HTTP transport may connect, and how long it may take.
+pub(crate) struct Target<'a> {
+    pub server: &'a str,
+    pub url: &'a str,
+    pub headers: &'a BTreeMap<String, String>,
+    pub guard: Option<&'a Arc<Guard>>,
+    pub connect_timeout: Duration,
+}
+
 pub(crate) fn transport(
-    server: &str,
-    url: &str,
-    headers: &BTreeMap<String, String>,
-    connect_timeout: Duration,
+    target: &Target<'_>,
+    secrets: &Secrets,
 ) -> Result<StreamableHttpClientTransport<reqwest::Client>, Error> {
-    let custom = header_map(headers)?;
-    let client = client(connect_timeout)
+    let server = target.server;
+    if let Some(guard) = target.guard {
+        let url = reqwest::Url::parse(target.url)
+            .map_err(|_| Error::Config(format!("MCP server `{server}`: the URL is not valid")))?;
+        guard.check_url(&url).map_err(|refused| Error::Connect(format!("MCP server `{server}`: {refused}")))?;
+    }
+    let custom = header_map(target.headers)?;
+    let client = client(target.connect_timeout, target.guard)
         .map_err(|e| Error::Connect(format!("MCP server `{server}`: cannot build HTTP client: {e}")))?;
-    let mut config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(custom);
+    let mut config = StreamableHttpClientTransportConfig::with_uri(target.url)
+        .custom_headers(custom)
+        // Read a little more than we quote, so a secret cut by the limit is still redacted.
+        .max_error_response_size(BODY_EXCERPT + secrets.longest());
     // A broken SSE answer is resumed (GET with `Last-Event-ID`: the server re-sends its own
     // messages, our request is not re-sent), but only a few times: the SDK's default retries
     // forever, which would turn a dead server into a hang until `call_timeout`.
@@ -43,7 +75,7 @@ pub(crate) fn transport(
     Ok(StreamableHttpClientTransport::with_client(client, config))
 }
 
-fn client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+fn client(connect_timeout: Duration, guard: Option<&Arc<Guard>>) -> reqwest::Result<reqwest::Client> {
     static PROVIDER: Once = Once::new();
     // reqwest is built with `rustls-no-provider`: ring is the process-wide provider (another
     // crate may have installed it first, which is fine).
@@ -51,8 +83,74 @@ fn client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
     // No overall request timeout: SSE answers stay open as long as a call runs; each call is
-    // bounded by `call_timeout` above the transport.
-    reqwest::Client::builder().connect_timeout(connect_timeout).build()
+    // bounded by `call_timeout` above the transport. No proxy from the environment: a proxy
+    // would connect for us, to anywhere, past the guard.
+    let builder = reqwest::Client::builder().connect_timeout(connect_timeout).no_proxy().referer(false).redirect(
+        reqwest::redirect::Policy::custom(|attempt| {
+            let refused = RedirectRefused { status: attempt.status().as_u16(), to: origin(attempt.url()) };
+            attempt.error(refused)
+        }),
+    );
+    match guard {
+        Some(guard) => builder.dns_resolver(guard.resolver()),
+        None => builder,
+    }
+    .build()
+}
+
+/// A 3xx answer: MCP servers are reached at the URL configured, never where they point.
+#[derive(Debug, thiserror::Error)]
+#[error("redirects are not followed for MCP servers (got {status} to {to})")]
+pub(crate) struct RedirectRefused {
+    status: u16,
+    to: String,
+}
+
+/// Scheme, host and port only: a path or query may hold credentials.
+fn origin(url: &reqwest::Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+/// The useful words of an SDK or transport error: our own refusals as they are, a server's
+/// answer cut to an excerpt, everything redacted.
+pub(crate) fn detail(error: &(dyn std::error::Error + 'static), secrets: &Secrets) -> String {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(http) = e.downcast_ref::<StreamableHttpError<reqwest::Error>>() {
+            return match http {
+                StreamableHttpError::Client(e) => match find::<RedirectRefused>(e) {
+                    Some(refused) => refused.to_string(),
+                    None => secrets.excerpt(&error_chain(e), DETAIL_EXCERPT),
+                },
+                StreamableHttpError::UnexpectedServerResponse(body) => {
+                    format!("unexpected server response: {}", secrets.excerpt(body, BODY_EXCERPT))
+                }
+                other => secrets.excerpt(&error_chain(other), DETAIL_EXCERPT),
+            };
+        }
+        // The SDK wraps transport errors in types that do not name them as a source.
+        source = match e.downcast_ref::<rmcp::service::ClientInitializeError>() {
+            Some(rmcp::service::ClientInitializeError::TransportError { error, .. }) => Some(&*error.error),
+            _ => e.source(),
+        };
+    }
+    secrets.excerpt(&error_chain(error), DETAIL_EXCERPT)
+}
+
+/// Whether `error` (or one of its sources) is our redirect refusal.
+pub(crate) fn is_redirect(error: &reqwest::Error) -> bool {
+    find::<RedirectRefused>(error).is_some()
+}
+
+fn find<'a, T: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        source = e.source();
+    }
+    None
 }
 
 fn header_map(headers: &BTreeMap<String, String>) -> Result<HashMap<HeaderName, HeaderValue>, Error> {
@@ -87,24 +185,6 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
 }
 
-/// Removes header values and the full URL from SDK error text, which we do not control.
-pub(crate) fn scrub(text: String, url: &str, headers: &BTreeMap<String, String>) -> String {
-    let mut text = text;
-    if !url.is_empty() && text.contains(url) {
-        text = text.replace(url, &redact_url(url));
-    }
-    for value in headers.values() {
-        // Also the token alone, for `Authorization: Bearer <token>`.
-        let token = value.rsplit(' ').next().unwrap_or(value);
-        for secret in [value.as_str(), token] {
-            if secret.len() >= 4 && text.contains(secret) {
-                text = text.replace(secret, "[redacted]");
-            }
-        }
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,16 +214,5 @@ mod tests {
         assert_eq!(name.as_str(), "authorization");
         assert!(value.is_sensitive());
         assert!(!format!("{map:?}").contains("s3cr3t"));
-    }
-
-    #[test]
-    fn scrub_removes_values_tokens_and_url_secrets() {
-        let mut h = BTreeMap::new();
-        h.insert("Authorization".to_owned(), "Bearer s3cr3t-token".to_owned());
-        let url = "http://user:pw@127.0.0.1:9/mcp?key=abcd";
-        let text = format!("error sending request for url ({url}): token s3cr3t-token rejected");
-        let clean = scrub(text, url, &h);
-        assert!(!clean.contains("s3cr3t") && !clean.contains("pw@") && !clean.contains("abcd"), "{clean}");
-        assert!(clean.contains("http://127.0.0.1:9/mcp"), "{clean}");
     }
 }

@@ -15,21 +15,28 @@
 //! - **Stdio servers are restarted** on the next request after they die, with a bounded
 //!   exponential backoff so a crashing server cannot spin.
 //! - **Everything is bounded**: connecting by `connect_timeout`, each request by `call_timeout`.
-//! - **Credentials stay out of messages**: HTTP header values and environment values never
-//!   appear in errors or `Debug` output.
+//! - **Credentials stay out of what comes back**: HTTP header values, environment values and
+//!   the URL's credentials (values of 8 bytes or more) are replaced by `[redacted]` in every
+//!   error, JSON-RPC error message, stderr tail and log line, tool listing and call result —
+//!   also when the server echoes them — and never appear in `Debug` output.
+//! - **Tenant-chosen URLs stay behind the SSRF guard** ([`ServerConfig::url_guard`]), and no
+//!   HTTP server is followed through a redirect.
 //!
 //! Modules: `client` (connections, reconnects, requests), `stdio` (child processes and their
-//! stderr), `http` (the streamable HTTP transport), `convert` (SDK types to ours), `error`.
+//! stderr), `http` (the streamable HTTP transport), `convert` (SDK types to ours), `redact`
+//! (secrets out of everything returned), `error`.
 
 mod client;
 mod convert;
 mod error;
 mod http;
+mod redact;
 mod stdio;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use client::McpClient;
@@ -98,6 +105,11 @@ pub struct ServerConfig {
     pub connect_timeout: Duration,
     /// Bound on each request (`tools/list` as a whole, each `tools/call`).
     pub call_timeout: Duration,
+    /// For an HTTP URL a tenant chose: the SSRF guard its host must pass before anything
+    /// connects — IP literals directly, host names on every address they resolve to, on every
+    /// connection. `None` for URLs the operator declared (trusted; redirects are still never
+    /// followed). Ignored for stdio.
+    pub url_guard: Option<Arc<stead_tools_http::Guard>>,
 }
 
 impl ServerConfig {
@@ -111,6 +123,7 @@ impl ServerConfig {
             transport,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             call_timeout: Self::DEFAULT_CALL_TIMEOUT,
+            url_guard: None,
         }
     }
 }

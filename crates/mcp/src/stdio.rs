@@ -18,6 +18,8 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
 
+use crate::redact::Secrets;
+
 /// How much of the server's stderr we keep for error messages.
 pub(crate) const STDERR_TAIL_BYTES: usize = 8 * 1024;
 
@@ -28,26 +30,46 @@ const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "SHELL", "TE
 /// The last [`STDERR_TAIL_BYTES`] of a server's stderr, across restarts.
 #[derive(Default)]
 pub(crate) struct StderrTail {
-    bytes: Mutex<VecDeque<u8>>,
+    bytes: Mutex<Tail>,
+}
+
+#[derive(Default)]
+struct Tail {
+    bytes: VecDeque<u8>,
+    /// Older bytes were dropped: the first line is only the end of one.
+    cut: bool,
 }
 
 impl StderrTail {
     fn push(&self, chunk: &[u8]) {
-        let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        bytes.extend(chunk);
-        let excess = bytes.len().saturating_sub(STDERR_TAIL_BYTES);
-        bytes.drain(..excess);
+        let mut tail = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        tail.bytes.extend(chunk);
+        let excess = tail.bytes.len().saturating_sub(STDERR_TAIL_BYTES);
+        tail.bytes.drain(..excess);
+        tail.cut |= excess > 0;
     }
 
+    /// Whole lines only once older bytes were dropped: the end of a cut line could be the end of
+    /// a secret, which redaction can no longer recognise.
     pub(crate) fn text(&self) -> String {
-        let bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        let (a, b) = bytes.as_slices();
-        let mut all = Vec::with_capacity(bytes.len());
+        let tail = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        let (a, b) = tail.bytes.as_slices();
+        let mut all = Vec::with_capacity(tail.bytes.len());
         all.extend_from_slice(a);
         all.extend_from_slice(b);
+        let start = match all.iter().position(|&b| b == b'\n') {
+            Some(newline) if tail.cut => newline + 1,
+            _ => 0,
+        };
         // The cut may fall inside a UTF-8 sequence: lossy decoding keeps the rest readable.
-        String::from_utf8_lossy(&all).into_owned()
+        String::from_utf8_lossy(&all[start..]).into_owned()
     }
+}
+
+/// Where a server's stderr goes: the shared tail, and the log (redacted).
+pub(crate) struct StderrSink {
+    pub tail: Arc<StderrTail>,
+    pub secrets: Arc<Secrets>,
 }
 
 /// One running (or exited) server process.
@@ -71,7 +93,7 @@ pub(crate) fn spawn(
     args: &[String],
     env: &BTreeMap<String, String>,
     cwd: Option<&Path>,
-    tail: Arc<StderrTail>,
+    sink: StderrSink,
 ) -> std::io::Result<Spawned> {
     let mut cmd = Command::new(command);
     cmd.args(args)
@@ -98,7 +120,7 @@ pub(crate) fn spawn(
     };
     let pid = child.id();
     let (done_tx, done_rx) = watch::channel(false);
-    tokio::spawn(read_stderr(server.to_owned(), pid, stderr, tail, done_tx));
+    tokio::spawn(read_stderr(server.to_owned(), pid, stderr, sink, done_tx));
     Ok(Spawned {
         process: ServerProcess { child: Mutex::new(child), pid, exited: Mutex::new(None), stderr_done: done_rx },
         stdout,
@@ -111,19 +133,23 @@ async fn read_stderr(
     server: String,
     pid: Option<u32>,
     mut stderr: tokio::process::ChildStderr,
-    tail: Arc<StderrTail>,
+    sink: StderrSink,
     done: watch::Sender<bool>,
 ) {
+    let log_line = |line: &[u8]| {
+        let line = sink.secrets.redact(String::from_utf8_lossy(line).trim_end());
+        tracing::debug!(target: "stead_mcp::stderr", server, pid, "{line}");
+    };
     let mut buf = [0u8; 4096];
     let mut line = Vec::new();
     loop {
         match stderr.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                tail.push(&buf[..n]);
+                sink.tail.push(&buf[..n]);
                 for &b in &buf[..n] {
                     if b == b'\n' {
-                        log_line(&server, pid, &line);
+                        log_line(&line);
                         line.clear();
                     } else if line.len() < STDERR_TAIL_BYTES {
                         line.push(b);
@@ -133,13 +159,9 @@ async fn read_stderr(
         }
     }
     if !line.is_empty() {
-        log_line(&server, pid, &line);
+        log_line(&line);
     }
     let _ = done.send(true);
-}
-
-fn log_line(server: &str, pid: Option<u32>, line: &[u8]) {
-    tracing::debug!(target: "stead_mcp::stderr", server, pid, "{}", String::from_utf8_lossy(line).trim_end());
 }
 
 impl ServerProcess {
@@ -244,6 +266,18 @@ mod tests {
         assert_eq!(text.len(), STDERR_TAIL_BYTES);
         assert!(text.ends_with("xend"));
         assert!(!text.contains("hello"));
+    }
+
+    #[test]
+    fn a_cut_tail_starts_at_a_whole_line() {
+        let tail = StderrTail::default();
+        tail.push(b"token=abcdefgh-secret\n");
+        // 10 bytes too many: the cut falls inside the secret.
+        tail.push(&vec![b'y'; STDERR_TAIL_BYTES - 23]);
+        tail.push(b"\nlast line\n");
+        // The first line kept would be the end of the secret: it is left out.
+        let text = tail.text();
+        assert!(text.starts_with('y') && text.ends_with("y\nlast line\n"), "{text}");
     }
 
     #[test]

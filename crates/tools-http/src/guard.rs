@@ -33,7 +33,7 @@ pub struct Denied {
 }
 
 /// The SSRF policy. Cheap to share behind an `Arc`; immutable once built.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Guard {
     nets: Vec<Net>,
     /// Lower case, without a trailing dot.
@@ -112,8 +112,9 @@ impl Guard {
     /// an IP literal. Literals never reach a resolver (the connector connects to them directly),
     /// so this is the only check they get. The URL parser has already turned numeric forms like
     /// `http://2130706433/` or `http://0x7f.1/` into dotted IPv4, so `host_str` is exactly the
-    /// text the connector will parse as an address.
-    pub(crate) fn check_url(&self, url: &Url) -> Result<(), String> {
+    /// text the connector will parse as an address. Clients other than `HttpCaller` (the MCP
+    /// transport) call it before every request, next to [`Guard::resolver`] for host names.
+    pub fn check_url(&self, url: &Url) -> Result<(), String> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("refused: {url} is not an http or https URL"));
         }

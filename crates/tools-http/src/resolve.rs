@@ -42,6 +42,15 @@ impl Resolve for GuardedResolver {
     }
 }
 
+impl Guard {
+    /// A resolver for `reqwest::ClientBuilder::dns_resolver`: the system resolver, keeping only
+    /// the addresses this guard allows. With it (and `no_proxy`), a client connects by name only
+    /// to checked addresses; IP literals skip resolvers, so check them with [`Guard::check_url`].
+    pub fn resolver(self: &Arc<Self>) -> Arc<dyn Resolve> {
+        Arc::new(GuardedResolver::system(Arc::clone(self)))
+    }
+}
+
 /// The operating system's resolver. Port 0: the connector puts in the URL's port.
 struct SystemResolver;
 

@@ -2,6 +2,8 @@
 //! `.ci/mcp-servers.sh`, starting HTTP servers on free loopback ports, and killing processes.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
