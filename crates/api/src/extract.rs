@@ -47,9 +47,15 @@ pub fn authenticate(auth: &Auth, headers: &axum::http::HeaderMap) -> Result<Prin
         });
     }
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| unauthorized("send `Authorization: Bearer <api key>`"))?;
+    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let header = values.next().ok_or_else(|| unauthorized("send `Authorization: Bearer <api key>`"))?;
+    // Two credentials are ambiguous (a proxy may have added one): refuse rather than pick.
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "duplicate_authorization",
+            "send exactly one `Authorization` header; this request has several",
+        ));
+    }
     let key = header
         .to_str()
         .ok()

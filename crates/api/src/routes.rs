@@ -90,6 +90,7 @@ pub async fn openapi_json() -> Response {
 // ---- paging ----
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Cursor from the previous page's `next_cursor`.
@@ -133,6 +134,7 @@ fn list<T: ToSchema, R>(
     responses(
         (status = 201, description = "A new version was stored", body = Agent),
         (status = 200, description = "Identical to the latest version; nothing stored", body = Agent),
+        (status = 415, description = "Neither JSON nor YAML (`Content-Type`)", body = crate::error::ErrorBody),
         (status = 422, description = "Invalid spec (the error names the line or field)", body = crate::error::ErrorBody)))]
 pub async fn apply_agent(
     State(state): State<AppState>,
@@ -219,6 +221,7 @@ pub async fn get_agent_version(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ToolsQuery {
     /// Agent version (default: latest).
@@ -282,7 +285,8 @@ pub struct CreateSession {
 
 /// Create a session pinned to an agent version.
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = CreateSession,
-    responses((status = 201, body = Session), (status = 404, description = "Unknown agent", body = crate::error::ErrorBody)))]
+    responses((status = 201, body = Session), (status = 404, description = "Unknown agent", body = crate::error::ErrorBody),
+        (status = 415, description = "The body is not JSON (`Content-Type`)", body = crate::error::ErrorBody), (status = 422, description = "The JSON does not have the expected shape", body = crate::error::ErrorBody)))]
 pub async fn create_session(
     State(state): State<AppState>,
     principal: Principal,
@@ -428,7 +432,9 @@ impl Delivery {
         (status = 201, description = "Run created (or finished/waiting, with `wait`)", body = Run),
         (status = 200, description = "With `stream`: text/event-stream of the run", content_type = "text/event-stream"),
         (status = 409, description = "session_busy", body = crate::error::ErrorBody),
-        (status = 413, description = "Input over max_input_bytes", body = crate::error::ErrorBody)))]
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 413, description = "Input (or body) over max_input_bytes (max_body_bytes)", body = crate::error::ErrorBody),
+        (status = 415, description = "The body is not JSON (`Content-Type`)", body = crate::error::ErrorBody), (status = 422, description = "The JSON does not have the expected shape", body = crate::error::ErrorBody)))]
 pub async fn create_run(
     State(state): State<AppState>,
     principal: Principal,
@@ -460,7 +466,8 @@ pub async fn create_run(
 
 /// List a session's runs, oldest first.
 #[utoipa::path(get, path = "/v1/sessions/{session_id}/runs", tag = "runs",
-    params(("session_id" = String, Path), ListQuery), responses((status = 200, body = List<Run>)))]
+    params(("session_id" = String, Path), ListQuery),
+    responses((status = 200, body = List<Run>), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn list_runs(
     State(state): State<AppState>,
     principal: Principal,
@@ -500,7 +507,8 @@ pub struct CancelRun {
 /// in flight is interrupted).
 #[utoipa::path(post, path = "/v1/runs/{run_id}/cancel", tag = "runs", params(("run_id" = String, Path)),
     request_body(content = Option<CancelRun>, content_type = "application/json"),
-    responses((status = 200, body = Run), (status = 409, description = "run_finished", body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Run), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "run_finished", body = crate::error::ErrorBody)))]
 pub async fn cancel_run(
     State(state): State<AppState>,
     principal: Principal,
@@ -536,7 +544,8 @@ pub struct SubmitToolOutputs {
     request_body = SubmitToolOutputs,
     responses((status = 200, body = Run),
         (status = 400, description = "Unknown, duplicate or missing call ids", body = crate::error::ErrorBody),
-        (status = 409, description = "run_not_waiting", body = crate::error::ErrorBody)))]
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "run_not_waiting", body = crate::error::ErrorBody), (status = 415, description = "The body is not JSON (`Content-Type`)", body = crate::error::ErrorBody), (status = 422, description = "The JSON does not have the expected shape", body = crate::error::ErrorBody)))]
 pub async fn submit_tool_outputs(
     State(state): State<AppState>,
     principal: Principal,
@@ -561,6 +570,7 @@ pub async fn submit_tool_outputs(
 // ---- events ----
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Return events with a sequence number greater than this (default 0).
@@ -629,6 +639,7 @@ pub async fn audit_session(
 // ---- approvals ----
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalsQuery {
     /// `pending` (default) or `all`.
@@ -737,7 +748,8 @@ async fn decide(
 #[utoipa::path(post, path = "/v1/approvals/{approval_id}/approve", tag = "approvals", params(("approval_id" = String, Path)),
     request_body(content = Option<ApproveRequest>, content_type = "application/json"),
     responses((status = 200, body = Approval), (status = 403, description = "Missing role", body = crate::error::ErrorBody),
-        (status = 409, description = "approval_already_decided", body = crate::error::ErrorBody)))]
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "approval_already_decided", body = crate::error::ErrorBody), (status = 422, description = "The JSON does not have the expected shape", body = crate::error::ErrorBody)))]
 pub async fn approve(
     State(state): State<AppState>,
     principal: Principal,
@@ -758,7 +770,7 @@ pub async fn approve(
 #[utoipa::path(post, path = "/v1/approvals/{approval_id}/deny", tag = "approvals", params(("approval_id" = String, Path)),
     request_body(content = Option<DenyRequest>, content_type = "application/json"),
     responses((status = 200, body = Approval), (status = 403, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody)))]
+        (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody), (status = 422, description = "The JSON does not have the expected shape", body = crate::error::ErrorBody)))]
 pub async fn deny(
     State(state): State<AppState>,
     principal: Principal,
@@ -774,7 +786,8 @@ pub async fn deny(
 #[utoipa::path(post, path = "/v1/approvals/{approval_id}/resolve", tag = "approvals", params(("approval_id" = String, Path)),
     request_body = ResolveRequest,
     responses((status = 200, body = Approval), (status = 400, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody)))]
+        (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody), (status = 415, description = "The body is not JSON (`Content-Type`)", body = crate::error::ErrorBody), (status = 422, description = "The JSON does not have the expected shape", body = crate::error::ErrorBody)))]
 pub async fn resolve(
     State(state): State<AppState>,
     principal: Principal,
