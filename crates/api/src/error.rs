@@ -105,6 +105,7 @@ impl From<stead_core::Error> for ApiError {
             E::InvalidId { .. } => Self::bad_request("invalid_id", msg),
             E::InvalidAgentSpec(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_agent_spec", msg),
             E::InvalidTenant(_) => Self::bad_request("invalid_tenant", msg),
+            E::NotGranted(_) => Self::new(StatusCode::FORBIDDEN, "not_granted", msg),
         }
     }
 }

@@ -55,8 +55,9 @@ impl PauseMode {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Which model endpoint a spec uses: a built-in kind (with the operator's defaults) or a
+/// provider the operator declared by name (`[[provider]]`, see [`crate::grants`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Provider {
     /// Any OpenAI-compatible chat-completions server (OpenAI, Ollama, vLLM, llama.cpp).
     Openai,
@@ -64,6 +65,46 @@ pub enum Provider {
     Anthropic,
     /// In-process and deterministic: a pure function of the context it receives.
     Scripted,
+    /// A provider the operator declared; its kind, base URL and key are the operator's.
+    Named(String),
+}
+
+impl Provider {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Provider::Openai => "openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Scripted => "scripted",
+            Provider::Named(n) => n,
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Ok(match name {
+            "openai" => Provider::Openai,
+            "anthropic" => Provider::Anthropic,
+            "scripted" => Provider::Scripted,
+            n if is_slug(n) => Provider::Named(n.to_owned()),
+            n => {
+                return Err(format!(
+                    "unknown variant `{n}`: a provider is openai, anthropic, scripted or the name of one the operator declared"
+                ));
+            }
+        })
+    }
+}
+
+impl Serialize for Provider {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Provider {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Provider::parse(&name).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,12 +252,17 @@ pub struct HttpSpec {
     pub headers: BTreeMap<String, String>,
 }
 
-/// An MCP server: a command speaking stdio, or a Streamable HTTP URL.
+/// An MCP server: one of the operator's catalog (`catalog: NAME`, or just `name` when nothing
+/// else says how to reach it), a Streamable HTTP URL, or — for trusted tenants only — a
+/// command speaking stdio.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpServerSpec {
     /// `[a-z0-9_-]`; prefixes its tools' names (`NAME__TOOL`).
     pub name: String,
+    /// A server the operator declared (`[[mcp_server]]` in the server config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -362,10 +408,23 @@ pub enum SpecFormat {
 /// Hard bounds on a spec, so one definition cannot exhaust the server.
 pub const MAX_TOOLS: usize = 128;
 pub const MAX_INSTRUCTIONS_BYTES: usize = 256 * 1024;
+/// Upper bounds of a spec's durations and counts: every time computed from them stays far
+/// inside what a timestamp can show, and no count can overflow what it is added to.
+pub const MAX_APPROVAL_TIMEOUT_SECS: u64 = 366 * 24 * 3600;
+pub const MAX_WALL_TIME_SECS: u64 = 30 * 24 * 3600;
+pub const MAX_CONTEXT_TOKENS: u64 = 10_000_000;
+pub const MAX_MODEL_OUTPUT_TOKENS: u32 = 1_000_000;
+pub const MAX_CHUNK_DELAY_MS: u64 = 10_000;
 
 impl AgentSpec {
     /// Parses and validates a spec. Errors name the line (syntax) or the field (meaning).
+    /// Nesting is bounded first, in one linear pass ([`crate::spec_depth`]): YAML parsing is
+    /// quadratic in it. Parsing a large spec is CPU work: async callers run it off their runtime.
     pub fn parse(text: &str, format: SpecFormat) -> Result<Self, Error> {
+        match format {
+            SpecFormat::Json => crate::spec_depth::check_json(text)?,
+            SpecFormat::Yaml => crate::spec_depth::check_yaml(text)?,
+        }
         let spec: AgentSpec = match format {
             SpecFormat::Json => serde_json::from_str(text)
                 .map_err(|e| Error::InvalidAgentSpec(format!("{e} (line {}, column {})", e.line(), e.column())))?,
@@ -415,6 +474,14 @@ impl AgentSpec {
         if self.model.max_retries > 10 {
             return bad("model.max_retries", "must be at most 10");
         }
+        if let Some(n) = self.model.max_tokens
+            && !(1..=MAX_MODEL_OUTPUT_TOKENS).contains(&n)
+        {
+            return bad("model.max_tokens", &format!("must be between 1 and {MAX_MODEL_OUTPUT_TOKENS}"));
+        }
+        if self.model.chunk_delay_ms > MAX_CHUNK_DELAY_MS {
+            return bad("model.chunk_delay_ms", &format!("must be at most {MAX_CHUNK_DELAY_MS} (10 s)"));
+        }
         match &self.model.tool_choice {
             Some(ToolChoice::Required) if self.tools.is_empty() && self.mcp_servers.is_empty() => {
                 return bad("model.tool_choice", "`required` needs at least one tool or MCP server");
@@ -458,8 +525,11 @@ impl AgentSpec {
             if let ApprovalRule::When(c) = &tool.require_approval {
                 c.validate(&format!("tools[{i}].require_approval.when")).map_err(Error::InvalidAgentSpec)?;
             }
-            if tool.approval_timeout_secs == Some(0) {
-                return bad(&format!("tools[{i}].approval_timeout_secs"), "must be at least 1");
+            if tool.approval_timeout_secs.is_some_and(|t| !(1..=MAX_APPROVAL_TIMEOUT_SECS).contains(&t)) {
+                return bad(
+                    &format!("tools[{i}].approval_timeout_secs"),
+                    &format!("must be between 1 and {MAX_APPROVAL_TIMEOUT_SECS} (366 days)"),
+                );
             }
             match (tool.kind, &tool.http) {
                 (ToolKind::Http, None) => return bad(&format!("tools[{i}].http"), "a `type: http` tool needs `http`"),
@@ -487,15 +557,23 @@ impl AgentSpec {
             if !servers.insert(m.name.as_str()) {
                 return bad(&format!("mcp_servers[{i}].name"), &format!("duplicate server name `{}`", m.name));
             }
-            match (&m.command, &m.url) {
-                (Some(c), None) if !c.trim().is_empty() => {}
-                (None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {}
+            match (&m.catalog, &m.command, &m.url) {
+                (Some(c), None, None) if is_slug(c) => {}
+                (None, Some(c), None) if !c.trim().is_empty() => {}
+                (None, None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {}
+                (None, None, None) => {}
                 _ => {
                     return bad(
                         &format!("mcp_servers[{i}]"),
-                        "give either `command` (stdio) or `url` (http:// or https://), not both",
+                        "give one of `catalog` (a server the operator declared), `url` (http:// or https://) or `command` (stdio)",
                     );
                 }
+            }
+            if m.catalog_name().is_some() && !(m.args.is_empty() && m.env.is_empty() && m.headers.is_empty()) {
+                return bad(
+                    &format!("mcp_servers[{i}]"),
+                    "a catalog server takes its args, env and headers from the operator's declaration",
+                );
             }
             if let ApprovalRule::When(c) = &m.require_approval {
                 c.validate(&format!("mcp_servers[{i}].require_approval.when")).map_err(Error::InvalidAgentSpec)?;
@@ -507,14 +585,14 @@ impl AgentSpec {
         if self.limits.max_steps == 0 || self.limits.max_steps > 10_000 {
             return bad("limits.max_steps", "must be between 1 and 10000");
         }
-        if self.limits.max_wall_time_secs == 0 {
-            return bad("limits.max_wall_time_secs", "must be at least 1");
+        if !(1..=MAX_WALL_TIME_SECS).contains(&self.limits.max_wall_time_secs) {
+            return bad("limits.max_wall_time_secs", &format!("must be between 1 and {MAX_WALL_TIME_SECS} (30 days)"));
         }
         if self.context.max_messages < 2 || self.context.max_messages > 10_000 {
             return bad("context.max_messages", "must be between 2 and 10000");
         }
-        if self.context.max_tokens < 256 {
-            return bad("context.max_tokens", "must be at least 256");
+        if !(256..=MAX_CONTEXT_TOKENS).contains(&self.context.max_tokens) {
+            return bad("context.max_tokens", &format!("must be between 256 and {MAX_CONTEXT_TOKENS}"));
         }
         Ok(())
     }
@@ -530,6 +608,18 @@ impl AgentSpec {
             || name
                 .split_once("__")
                 .is_some_and(|(server, tool)| !tool.is_empty() && self.mcp_servers.iter().any(|m| m.name == server))
+    }
+}
+
+impl McpServerSpec {
+    /// The catalog entry this server refers to: `catalog`, or the server's own name when it
+    /// gives neither a command nor a URL.
+    pub fn catalog_name(&self) -> Option<&str> {
+        match (&self.catalog, &self.command, &self.url) {
+            (Some(c), _, _) => Some(c),
+            (None, None, None) => Some(&self.name),
+            _ => None,
+        }
     }
 }
 
@@ -568,6 +658,45 @@ mod tests {
     fn json_syntax_error_names_line() {
         let err = AgentSpec::parse("{\n\"name\": \"x\",\n}", SpecFormat::Json).unwrap_err().to_string();
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn huge_durations_and_counts_are_refused_naming_the_field() {
+        let huge = u64::MAX;
+        let model = "model: {provider: scripted, name: e";
+        for (rest, field) in [
+            (format!("{model}}}\nlimits: {{max_wall_time_secs: {huge}}}\n"), "limits.max_wall_time_secs"),
+            (format!("{model}}}\nlimits: {{max_wall_time_secs: 2592001}}\n"), "limits.max_wall_time_secs"),
+            (
+                format!("{model}}}\ntools: [{{name: t, type: builtin, approval_timeout_secs: {huge}}}]\n"),
+                "tools[0].approval_timeout_secs",
+            ),
+            (
+                format!("{model}}}\ntools: [{{name: t, type: builtin, approval_timeout_secs: 31622401}}]\n"),
+                "tools[0].approval_timeout_secs",
+            ),
+            (format!("{model}}}\ncontext: {{max_tokens: {huge}}}\n"), "context.max_tokens"),
+            (format!("{model}, chunk_delay_ms: {huge}}}\n"), "model.chunk_delay_ms"),
+            (format!("{model}, max_tokens: 4294967295}}\n"), "model.max_tokens"),
+            (format!("{model}, max_tokens: 0}}\n"), "model.max_tokens"),
+        ] {
+            let err = AgentSpec::parse(&format!("name: a\n{rest}"), SpecFormat::Yaml).unwrap_err().to_string();
+            assert!(err.contains(&format!("field `{field}`")), "{rest:?} -> {err}");
+        }
+        let at_bounds = format!(
+            "name: a\n{model}, chunk_delay_ms: 10000, max_tokens: 1000000}}\nlimits: {{max_wall_time_secs: 2592000}}\n\
+             context: {{max_tokens: 10000000}}\ntools: [{{name: t, type: builtin, approval_timeout_secs: 31622400}}]\n"
+        );
+        AgentSpec::parse(&at_bounds, SpecFormat::Yaml).unwrap();
+    }
+
+    #[test]
+    fn deeply_nested_specs_are_refused_before_parsing() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = AgentSpec::parse(&format!("name: a\ntools: {deep}\n"), SpecFormat::Yaml).unwrap_err();
+        assert_eq!(err.to_string(), "invalid agent spec: nested deeper than 64 levels (line 2)");
+        let err = AgentSpec::parse(&format!("{{\"name\": \"a\", \"tools\": {deep}}}"), SpecFormat::Json).unwrap_err();
+        assert_eq!(err.to_string(), "invalid agent spec: nested deeper than 64 levels (line 1)");
     }
 
     #[test]

@@ -9,6 +9,10 @@ pub enum Error {
     InvalidAgentSpec(String),
     #[error("invalid tenant id {0:?}: use 1-63 of [a-z0-9_-], starting with a letter or digit")]
     InvalidTenant(String),
+    /// A spec uses something the operator did not grant its tenant (a host command, a model
+    /// endpoint, an environment variable, an undeclared provider or catalog server).
+    #[error("not granted: {0}")]
+    NotGranted(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,9 +6,11 @@ pub mod approval;
 pub mod context;
 pub mod error;
 pub mod event;
+pub mod grants;
 pub mod ids;
 pub mod message;
 pub mod run;
+pub mod spec_depth;
 pub mod time;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod fault;
+pub mod held;
 pub mod tools;
 mod toolset;
 mod worker;
@@ -26,6 +27,7 @@ use stead_store::{AgentVersion, AppendRequest, ApprovalRecord, NewSession, RunRe
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
+pub use worker::DispatcherState;
 pub use tools::{Tool, ToolContext, ToolOutput, ToolRegistry};
 
 /// Engine settings. Every field is a `stead serve` option.
@@ -43,6 +45,22 @@ pub struct EngineOptions {
     pub max_input_bytes: usize,
     /// Tool output beyond this is cut, with an explicit, recorded marker.
     pub max_tool_output_bytes: usize,
+    /// Fault-injection points for tests (by default from `STEAD_FAULT_*`: none unless set).
+    pub faults: fault::Faults,
+    /// What the operator grants tenants (providers, catalog MCP servers, exposed variables,
+    /// trusted tenants). By default the `default` tenant is trusted: without API keys the
+    /// local user is the operator.
+    pub grants: Arc<stead_core::grants::Grants>,
+    /// Checks MCP URLs that tenants choose (native specs and Responses requests) on every hop.
+    /// `None`: any address (a loopback-only server, whose callers already reach it all).
+    pub mcp_url_guard: Option<Arc<stead_tools_http::Guard>>,
+}
+
+/// Grants for a server without API keys: the local user (tenant `default`) is the operator.
+pub fn local_operator_grants() -> stead_core::grants::Grants {
+    let mut g = stead_core::grants::Grants::default();
+    g.trusted_tenants.insert(TenantId::default_tenant().as_str().to_owned());
+    g
 }
 
 impl Default for EngineOptions {
@@ -54,6 +72,9 @@ impl Default for EngineOptions {
             poll_interval: Duration::from_secs(1),
             max_input_bytes: 256 * 1024,
             max_tool_output_bytes: 64 * 1024,
+            faults: fault::Faults::from_env(),
+            grants: Arc::new(local_operator_grants()),
+            mcp_url_guard: None,
         }
     }
 }
@@ -164,6 +185,10 @@ struct Inner {
     active: Mutex<HashMap<RunId, CancellationToken>>,
     /// Each agent version's tools, MCP discovery included; only complete builds are kept.
     toolsets: Mutex<HashMap<(TenantId, String, u32), Arc<toolset::AgentTools>>>,
+    /// Whether the dispatcher runs, for readiness.
+    dispatcher: worker::DispatcherFlag,
+    /// Credentials requests hold in memory only (never stored).
+    held: held::HeldCredentials,
 }
 
 /// How many times a command re-reads and retries after a compare-and-append conflict.
@@ -182,6 +207,8 @@ impl Engine {
                 agents: Mutex::new(HashMap::new()),
                 active: Mutex::new(HashMap::new()),
                 toolsets: Mutex::new(HashMap::new()),
+                dispatcher: worker::DispatcherFlag::default(),
+                held: held::HeldCredentials::default(),
             }),
         }
     }
@@ -202,6 +229,16 @@ impl Engine {
         &self.inner.tools
     }
 
+    pub fn grants(&self) -> &stead_core::grants::Grants {
+        &self.inner.options.grants
+    }
+
+    /// Holds a credential of a request in memory (see [`held`]); a spec names it by
+    /// [`held::HeldGuard::reference`] while the guard lives.
+    pub fn hold_credential(&self, tenant: &TenantId, value: &str) -> held::HeldGuard {
+        self.inner.held.hold(tenant, value)
+    }
+
     /// Model output as it streams, for every run this process drives.
     pub fn subscribe_deltas(&self) -> tokio::sync::broadcast::Receiver<Delta> {
         self.inner.deltas.subscribe()
@@ -210,7 +247,18 @@ impl Engine {
     /// Runs the dispatcher until `cancel` fires. Runs in flight keep their leases, which
     /// expire, so another process (or this one, restarted) picks them up.
     pub async fn run(&self, cancel: CancellationToken) {
+        let _running = self.inner.dispatcher.running();
         worker::dispatch(self.clone(), cancel).await
+    }
+
+    /// Whether the dispatcher claims runs: `Stopped` once [`Engine::run`] returned or panicked.
+    pub fn dispatcher_state(&self) -> DispatcherState {
+        self.inner.dispatcher.state()
+    }
+
+    /// How many runs this process is driving now.
+    pub fn runs_in_flight(&self) -> usize {
+        self.inner.active.lock().expect("active lock").len()
     }
 
     // ---- agents ----
@@ -218,8 +266,14 @@ impl Engine {
     /// Parses, validates and stores an agent spec as a new version (or returns the latest
     /// version unchanged when the spec is identical).
     pub async fn apply_agent(&self, tenant: &TenantId, text: &str, format: SpecFormat) -> Result<(AgentVersion, bool)> {
-        let spec = AgentSpec::parse(text, format)?;
+        // Parsing is CPU work that grows with the text: keep it off the async threads.
+        let owned = text.to_owned();
+        let spec = match tokio::task::spawn_blocking(move || AgentSpec::parse(&owned, format)).await {
+            Ok(parsed) => parsed?,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         self.check_tools(&spec)?;
+        self.grants().check_spec(tenant, &spec)?;
         Ok(self.inner.store.put_agent(tenant, &spec).await?)
     }
 
@@ -262,7 +316,13 @@ impl Engine {
         if let Some(t) = self.inner.toolsets.lock().expect("toolset cache lock").get(&key) {
             return t.clone();
         }
-        let built = Arc::new(toolset::AgentTools::build(spec, &self.inner.tools).await);
+        let resolver = toolset::Resolver {
+            tenant,
+            grants: &self.inner.options.grants,
+            held: &self.inner.held,
+            mcp_guard: self.inner.options.mcp_url_guard.clone(),
+        };
+        let built = Arc::new(toolset::AgentTools::build(spec, &self.inner.tools, &resolver).await);
         if built.problems.is_empty() {
             self.inner.toolsets.lock().expect("toolset cache lock").insert(key, built.clone());
         } else {
@@ -925,7 +985,21 @@ pub async fn verify_session(store: &dyn Store, tenant: &TenantId, session_id: &S
     let mut after = 0;
     let mut first_broken = None;
     'pages: loop {
-        let page = store.read_events(tenant, session_id, after, 1000).await?;
+        let page = match store.read_events(tenant, session_id, after, 1000).await {
+            Ok(page) => page,
+            // A row that does not even decode is a broken link too: find it and name it.
+            Err(stead_store::Error::Corrupt(_)) if after < session.head_seq => {
+                match store.read_events(tenant, session_id, after, 1).await {
+                    Ok(one) => one,
+                    Err(stead_store::Error::Corrupt(reason)) => {
+                        first_broken = Some(BrokenLink { seq: after + 1, reason });
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
         let Some(last) = page.last() else { break };
         after = last.seq;
         for e in &page {

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use stead_core::agent::{AgentSpec, McpServerSpec, ToolKind};
 use stead_core::approval::ApprovalRule;
+use stead_core::grants::Grants;
+use stead_core::ids::TenantId;
 use stead_core::message::{ToolCall, ToolDef};
 use stead_core::run::{ToolClass, ToolPolicy};
 use stead_mcp::McpClient;
@@ -50,17 +52,44 @@ pub(crate) struct AgentTools {
     pub problems: Vec<String>,
 }
 
-/// Replaces `${env:VAR}` with the variable's value; a missing variable is an error naming it.
-pub(crate) fn substitute_env(value: &str) -> Result<String, String> {
+/// Where a spec's `${…}` references are resolved from, for one tenant.
+pub(crate) struct Resolver<'a> {
+    pub tenant: &'a TenantId,
+    pub grants: &'a Grants,
+    pub held: &'a crate::held::HeldCredentials,
+    /// Checks tenant-chosen MCP URLs (and refuses their redirects).
+    pub mcp_guard: Option<Arc<stead_tools_http::Guard>>,
+}
+
+impl Resolver<'_> {
+    /// `${env:VAR}` for a variable this tenant may read, `${held:ID}` for a credential a
+    /// request holds in memory. The operator's own values (`operator: true`) read any variable.
+    fn substitute(&self, value: &str, operator: bool) -> Result<String, String> {
+        let env = |var: &str| -> Result<String, String> {
+            if !operator && !self.grants.may_read_env(self.tenant, var) {
+                return Err(format!("environment variable {var} is not exposed to this tenant"));
+            }
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+        };
+        let value = substitute_refs(value, "${env:", &env)?;
+        substitute_refs(&value, crate::held::HELD_REF, &|id| self.held.get(self.tenant, id))
+    }
+}
+
+/// Replaces each `{prefix}NAME}` in `value` by `lookup(NAME)`; a failed lookup is an error
+/// naming the reference (never its value).
+pub(crate) fn substitute_refs(
+    value: &str,
+    prefix: &str,
+    lookup: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = value;
-    while let Some(start) = rest.find("${env:") {
+    while let Some(start) = rest.find(prefix) {
         out.push_str(&rest[..start]);
-        let after = &rest[start + 6..];
-        let end = after.find('}').ok_or_else(|| format!("unterminated `${{env:` in {value:?}"))?;
-        let var = &after[..end];
-        let v = std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
-        out.push_str(&v);
+        let after = &rest[start + prefix.len()..];
+        let end = after.find('}').ok_or_else(|| format!("unterminated `{prefix}` reference"))?;
+        out.push_str(&lookup(&after[..end])?);
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -76,25 +105,67 @@ fn mcp_tool_name(server: &str, tool: &str) -> String {
     name
 }
 
-fn mcp_transport(m: &McpServerSpec) -> Result<stead_mcp::Transport, String> {
-    let subst = |map: &BTreeMap<String, String>| -> Result<BTreeMap<String, String>, String> {
-        map.iter().map(|(k, v)| substitute_env(v).map(|v| (k.clone(), v)).map_err(|e| format!("`{k}`: {e}"))).collect()
+/// How to reach an MCP server: the operator's catalog entry (its values are the operator's),
+/// or the tenant's own URL (checked by the MCP guard on every hop), or — trusted tenants
+/// only, checked by [`Grants::check_spec`] — a command.
+fn mcp_config(m: &McpServerSpec, r: &Resolver<'_>) -> Result<stead_mcp::ServerConfig, String> {
+    let subst = |map: &BTreeMap<String, String>, operator: bool| -> Result<BTreeMap<String, String>, String> {
+        map.iter()
+            .map(|(k, v)| r.substitute(v, operator).map(|v| (k.clone(), v)).map_err(|e| format!("`{k}`: {e}")))
+            .collect()
     };
-    match (&m.command, &m.url) {
-        (Some(command), None) => Ok(stead_mcp::Transport::Stdio {
-            command: command.clone(),
-            args: m.args.clone(),
-            env: subst(&m.env)?,
-            cwd: None,
-        }),
-        (None, Some(url)) => Ok(stead_mcp::Transport::Http { url: url.clone(), headers: subst(&m.headers)? }),
-        _ => Err("give either `command` or `url`".into()),
+    let (transport, tenant_url) = if let Some(name) = m.catalog_name() {
+        let c = r.grants.catalog_server(r.tenant, name).map_err(|e| e.to_string())?;
+        match (&c.command, &c.url) {
+            (Some(command), _) => (
+                stead_mcp::Transport::Stdio {
+                    command: command.clone(),
+                    args: c.args.clone(),
+                    env: subst(&c.env, true)?,
+                    cwd: None,
+                },
+                false,
+            ),
+            (None, Some(url)) => {
+                (stead_mcp::Transport::Http { url: url.clone(), headers: subst(&c.headers, true)? }, false)
+            }
+            (None, None) => return Err("the catalog entry gives neither `command` nor `url`".into()),
+        }
+    } else {
+        let trusted = r.grants.trusts(r.tenant);
+        match (&m.command, &m.url) {
+            (Some(command), None) if trusted => (
+                stead_mcp::Transport::Stdio {
+                    command: command.clone(),
+                    args: m.args.clone(),
+                    env: subst(&m.env, false)?,
+                    cwd: None,
+                },
+                false,
+            ),
+            (None, Some(url)) => (
+                stead_mcp::Transport::Http { url: r.substitute(url, false)?, headers: subst(&m.headers, false)? },
+                !trusted,
+            ),
+            _ => return Err("only the operator may start MCP server commands".into()),
+        }
+    };
+    let mut config = stead_mcp::ServerConfig::new(m.name.clone(), transport);
+    if tenant_url {
+        config.url_guard = r.mcp_guard.clone();
     }
+    config.call_timeout = Duration::from_secs(m.timeout_secs);
+    Ok(config)
 }
 
 impl AgentTools {
-    pub(crate) async fn build(spec: &AgentSpec, registry: &ToolRegistry) -> AgentTools {
+    pub(crate) async fn build(spec: &AgentSpec, registry: &ToolRegistry, resolver: &Resolver<'_>) -> AgentTools {
         let mut tools = AgentTools { order: Vec::new(), entries: HashMap::new(), problems: Vec::new() };
+        // Nothing of a spec that uses what its tenant was not granted is built or started.
+        if let Err(e) = resolver.grants.check_spec(resolver.tenant, spec) {
+            tools.problems.push(e.to_string());
+            return tools;
+        }
         for t in &spec.tools {
             let timeout = Duration::from_secs(t.timeout_secs);
             let (def, runner, idempotent) = match t.kind {
@@ -129,7 +200,7 @@ impl AgentTools {
             });
         }
         for m in &spec.mcp_servers {
-            if let Err(e) = tools.add_mcp_server(m).await {
+            if let Err(e) = tools.add_mcp_server(m, resolver).await {
                 tools.problems.push(format!("MCP server `{}`: {e}", m.name));
             }
         }
@@ -151,9 +222,8 @@ impl AgentTools {
         self.entries.insert(entry.def.name.clone(), entry);
     }
 
-    async fn add_mcp_server(&mut self, m: &McpServerSpec) -> Result<(), String> {
-        let mut config = stead_mcp::ServerConfig::new(m.name.clone(), mcp_transport(m)?);
-        config.call_timeout = Duration::from_secs(m.timeout_secs);
+    async fn add_mcp_server(&mut self, m: &McpServerSpec, resolver: &Resolver<'_>) -> Result<(), String> {
+        let config = mcp_config(m, resolver)?;
         let client = McpClient::connect(config).await.map_err(|e| e.to_string())?;
         let listed = client.list_tools().await.map_err(|e| e.to_string())?;
         for tool in listed {
@@ -299,12 +369,30 @@ mod tests {
     }
 
     #[test]
-    fn env_substitution_names_the_missing_variable() {
-        assert_eq!(substitute_env("plain").unwrap(), "plain");
+    fn env_substitution_follows_the_grants() {
+        let tenant = TenantId::new("acme").unwrap();
+        let mut grants = Grants::default();
+        grants.exposed_env.push(stead_core::grants::ExposedVar { name: "PATH".into(), tenants: Default::default() });
+        let held = crate::held::HeldCredentials::default();
+        let r = Resolver { tenant: &tenant, grants: &grants, held: &held, mcp_guard: None };
+        assert_eq!(r.substitute("plain", false).unwrap(), "plain");
         let path = std::env::var("PATH").unwrap();
-        assert_eq!(substitute_env("a ${env:PATH} b").unwrap(), format!("a {path} b"));
-        let err = substitute_env("Bearer ${env:STEAD_SURELY_UNSET_X}").unwrap_err();
+        assert_eq!(r.substitute("a ${env:PATH} b", false).unwrap(), format!("a {path} b"));
+        // Not exposed: refused for the tenant, readable for the operator's own values.
+        let err = r.substitute("Bearer ${env:HOME}", false).unwrap_err();
+        assert!(err.contains("HOME") && err.contains("not exposed"), "{err}");
+        assert!(r.substitute("${env:HOME}", true).is_ok());
+        let err = r.substitute("Bearer ${env:STEAD_SURELY_UNSET_X}", true).unwrap_err();
         assert!(err.contains("STEAD_SURELY_UNSET_X"), "{err}");
-        assert!(substitute_env("${env:PATH").is_err());
+        assert!(r.substitute("${env:PATH", false).is_err());
+        // Held credentials resolve only for their tenant.
+        let guard = held.hold(&tenant, "tok-1234567890");
+        let reference = guard.reference();
+        assert_eq!(r.substitute(&format!("Bearer {reference}"), false).unwrap(), "Bearer tok-1234567890");
+        let other = TenantId::new("other").unwrap();
+        let r2 = Resolver { tenant: &other, grants: &grants, held: &held, mcp_guard: None };
+        assert!(r2.substitute(&reference, false).is_err());
+        drop(guard);
+        assert!(r.substitute(&reference, false).unwrap_err().contains("no longer held"));
     }
 }

@@ -1,10 +1,12 @@
 //! The dispatcher, which claims runnable runs, and the run driver, which loops
 //! `decide → execute → append` for one claimed run until it finishes or must wait.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use stead_core::agent::AgentSpec;
 use stead_core::agent::{DEFAULT_APPROVAL_TIMEOUT_SECS, DEFAULT_APPROVER_ROLE};
 use stead_core::context::build_context;
@@ -39,15 +41,52 @@ fn forward_cancel_requests(engine: &Engine, c: &Committed) {
     }
 }
 
+/// Where the dispatcher is in its life, for readiness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DispatcherState {
+    /// [`Engine::run`] was not called (yet).
+    NotStarted,
+    Running,
+    /// It returned (shutdown) or panicked: nothing claims runs in this process any more.
+    Stopped,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct DispatcherFlag(AtomicU8);
+
+impl DispatcherFlag {
+    /// Marks the dispatcher running until the guard drops — on return or while unwinding.
+    pub(crate) fn running(&self) -> impl Drop + '_ {
+        struct Running<'a>(&'a DispatcherFlag);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                (self.0).0.store(2, Ordering::SeqCst);
+            }
+        }
+        self.0.store(1, Ordering::SeqCst);
+        Running(self)
+    }
+
+    pub(crate) fn state(&self) -> DispatcherState {
+        match self.0.load(Ordering::SeqCst) {
+            0 => DispatcherState::NotStarted,
+            1 => DispatcherState::Running,
+            _ => DispatcherState::Stopped,
+        }
+    }
+}
+
 pub(crate) async fn dispatch(engine: Engine, cancel: CancellationToken) {
     let (store, _, _, options) = engine.inner_parts();
     let (store, options) = (store.clone(), options.clone());
     let mut commits = store.subscribe();
-    let slots = Arc::new(Semaphore::new(options.max_concurrent_runs));
+    // A semaphore panics beyond MAX_PERMITS; the server bounds the option far below that.
+    let slots = Arc::new(Semaphore::new(options.max_concurrent_runs.min(Semaphore::MAX_PERMITS)));
     let freed = Arc::new(Notify::new());
     tracing::info!(worker = %options.worker_id, "dispatcher started");
     let mut last_sweep = tokio::time::Instant::now() - options.poll_interval;
     'outer: loop {
+        options.faults.at(fault::DISPATCHER_LOOP, None).await;
         let free = slots.available_permits();
         // Expiry is checked at the poll rate, not on every wake-up (those come per commit).
         if last_sweep.elapsed() >= options.poll_interval {
@@ -117,25 +156,100 @@ enum Stop {
     Store(stead_store::Error),
 }
 
+/// While a run is driven: registered as active (so a cancel interrupts it) and its lease
+/// renewed. Dropping this — on any path out of [`drive`], a panic included — undoes both.
+struct Supervision {
+    engine: Engine,
+    run: RunId,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Supervision {
+    fn drop(&mut self) {
+        self.keeper.abort();
+        self.engine.unregister_active(&self.run);
+    }
+}
+
+/// Drives one claimed run. A panic anywhere in its driver is contained here: the run ends
+/// `failed` with an `internal` error (which also frees its lease), never a zombie whose
+/// lease is renewed for ever.
 async fn drive(engine: Engine, claim: Claim) {
-    let run_id = claim.run.id;
-    let token = claim.token;
+    let (run_id, token) = (claim.run.id, claim.token);
+    let (tenant, session_id) = (claim.session.tenant_id.clone(), claim.session.id);
     let cancel = CancellationToken::new();
     let lost = Arc::new(AtomicBool::new(false));
     engine.register_active(run_id, cancel.clone());
     let keeper = tokio::spawn(keep_lease(engine.clone(), run_id, token, cancel.clone(), lost.clone()));
-    let outcome = match RunDriver::start(engine.clone(), claim, cancel, lost).await {
-        Ok(mut driver) => driver.drive().await,
-        Err(stop) => Err(stop),
-    };
-    keeper.abort();
-    engine.unregister_active(&run_id);
-    match outcome {
-        Ok(()) | Err(Stop::Finished) => {}
-        Err(Stop::LeaseLost) => tracing::warn!(run = %run_id, "lease lost; another worker continues this run"),
-        Err(Stop::Store(e)) => {
+    let _supervision = Supervision { engine: engine.clone(), run: run_id, keeper };
+    let driven = AssertUnwindSafe(async {
+        let mut driver = RunDriver::start(engine.clone(), claim, cancel, lost).await?;
+        driver.drive().await
+    })
+    .catch_unwind()
+    .await;
+    match driven {
+        Ok(Ok(()) | Err(Stop::Finished)) => {}
+        Ok(Err(Stop::LeaseLost)) => tracing::warn!(run = %run_id, "lease lost; another worker continues this run"),
+        Ok(Err(Stop::Store(e))) => {
             tracing::error!(run = %run_id, error = %e, "run stopped on a storage error; it resumes when its lease expires")
         }
+        Err(panic) => {
+            let why = panic_message(panic.as_ref());
+            tracing::error!(run = %run_id, panic = %why, "the run's driver panicked; failing the run");
+            fail_panicked_run(&engine, &tenant, session_id, run_id, token).await;
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_owned(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic without a message".to_owned(),
+    }
+}
+
+/// Records `run_failed` (`internal`) for a run whose driver panicked, under its fence: a run
+/// another worker took over meanwhile is left alone. The panic's text stays in the server's
+/// log — it may quote anything, so it is not put in the session's. If the failure cannot be
+/// recorded the lease is given back, so the run is retried rather than wedged.
+async fn fail_panicked_run(engine: &Engine, tenant: &TenantId, session_id: SessionId, run_id: RunId, token: u64) {
+    let (store, _, _, options) = engine.inner_parts();
+    let error = ErrorInfo::new("internal", "the run stopped on an internal error (details are in the server log)");
+    for attempt in 0..50u32 {
+        let head = match store.get_session(tenant, &session_id).await {
+            Ok(s) => s.head_seq,
+            Err(e) => {
+                tracing::error!(run = %run_id, error = %e, "cannot read the session to fail the run");
+                break;
+            }
+        };
+        let req = AppendRequest {
+            tenant_id: tenant.clone(),
+            session_id,
+            expected_head: head,
+            events: vec![NewEvent {
+                run_id: Some(run_id),
+                actor: Actor::worker(&options.worker_id),
+                body: EventBody::RunFailed { error: error.clone() },
+            }],
+            fence: Some(Fence { run_id, token, extend_lease: options.lease }),
+        };
+        match store.append(req).await {
+            // A finished run keeps no lease.
+            Ok(_) => return,
+            Err(stead_store::Error::Conflict { .. }) => backoff(attempt.min(8)).await,
+            // Another worker holds the run, or it ended meanwhile: not ours to fail.
+            Err(stead_store::Error::Fenced { .. }) => return,
+            Err(e) => {
+                tracing::error!(run = %run_id, error = %e, "cannot record the run's failure");
+                break;
+            }
+        }
+    }
+    if let Err(e) = store.release_lease(&run_id, token).await {
+        tracing::warn!(run = %run_id, error = %e, "cannot release the lease; it expires on its own");
     }
 }
 
@@ -146,6 +260,7 @@ async fn keep_lease(engine: Engine, run: RunId, token: u64, cancel: Cancellation
     let every = options.lease / 3;
     loop {
         tokio::time::sleep(every).await;
+        options.faults.at(fault::LEASE_RENEWAL, Some(&run)).await;
         match store.renew_lease(&run, token, options.lease).await {
             Ok(()) => {}
             Err(stead_store::Error::Fenced { .. } | stead_store::Error::NotFound { .. }) => {
@@ -314,7 +429,12 @@ impl RunDriver {
     }
 
     async fn call_model(&mut self, step: u32) -> Result<(), Stop> {
-        fault::point(fault::BEFORE_MODEL_CALL, &self.run_id).await;
+        self.engine.options().faults.at(fault::BEFORE_MODEL_CALL, Some(&self.run_id)).await;
+        if let Err(e) = self.engine.grants().check_spec(&self.tenant, &self.agent) {
+            // A grant withdrawn since the spec was applied: nothing of it runs.
+            let error = ErrorInfo::new("not_granted", e.to_string());
+            return self.commit(vec![EventBody::RunFailed { error }]).await;
+        }
         let (_, providers, _, _) = self.engine.inner_parts();
         let provider = match providers.for_spec(&self.agent.model) {
             Ok(p) => p,
@@ -378,7 +498,7 @@ impl RunDriver {
                     step,
                     model: resp.model,
                     content: resp.content,
-                    tool_calls: resp.tool_calls,
+                    tool_calls: stead_core::message::with_unique_ids(resp.tool_calls, &self.run_id, step),
                     usage: resp.usage,
                     finish_reason: resp.finish_reason,
                     chunks,
@@ -395,7 +515,7 @@ impl RunDriver {
                     to_run = calls;
                 }
                 self.commit(bodies).await?;
-                fault::point(fault::AFTER_MODEL_RECORDED, &self.run_id).await;
+                self.engine.options().faults.at(fault::AFTER_MODEL_RECORDED, Some(&self.run_id)).await;
                 // Run what this process just recorded the intent for, without going back
                 // through `decide`: to `decide`, a started call without a result means "started
                 // before a crash", which for a non-idempotent tool is an unknown outcome.
@@ -434,7 +554,7 @@ impl RunDriver {
             let bodies = self.start_bodies(self.state.steps, &to_start);
             self.commit(bodies).await?;
         }
-        fault::point(fault::TOOL_STARTED, &self.run_id).await;
+        self.engine.options().faults.at(fault::TOOL_STARTED, Some(&self.run_id)).await;
         let runs = calls.iter().map(|call| {
             let key = self
                 .state
@@ -446,7 +566,7 @@ impl RunDriver {
             self.execute_tool(call, key)
         });
         let outcomes = futures_util::future::join_all(runs).await;
-        fault::point(fault::BEFORE_TOOL_RECORDED, &self.run_id).await;
+        self.engine.options().faults.at(fault::BEFORE_TOOL_RECORDED, Some(&self.run_id)).await;
         let mut bodies = Vec::new();
         for (call, outcome) in calls.into_iter().zip(outcomes) {
             let out = match outcome {

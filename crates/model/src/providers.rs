@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stead_core::agent::{ModelSpec, Provider};
+use stead_core::grants::NamedProvider;
 
 use crate::anthropic::AnthropicProvider;
 use crate::http::http_client;
@@ -59,6 +60,8 @@ pub struct Providers {
 
 struct Inner {
     defaults: ProviderDefaults,
+    /// Providers the operator declared by name (`[[provider]]`).
+    named: HashMap<String, NamedProvider>,
     /// Test and benchmark hook: when set, every spec gets this provider.
     override_all: Option<Arc<dyn ModelProvider>>,
     state: Mutex<State>,
@@ -68,6 +71,7 @@ impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inner")
             .field("defaults", &self.defaults)
+            .field("named", &self.named.keys().collect::<Vec<_>>())
             .field("override_all", &self.override_all.is_some())
             .field("state", &self.state)
             .finish()
@@ -94,7 +98,13 @@ impl std::fmt::Debug for State {
 
 impl Providers {
     pub fn new(defaults: ProviderDefaults) -> Self {
-        Self { inner: Arc::new(Inner { defaults, override_all: None, state: Mutex::new(State::default()) }) }
+        Self::with_named(defaults, Vec::new())
+    }
+
+    /// A registry that also knows the providers the operator declared by name.
+    pub fn with_named(defaults: ProviderDefaults, named: Vec<NamedProvider>) -> Self {
+        let named = named.into_iter().map(|p| (p.name.clone(), p)).collect();
+        Self { inner: Arc::new(Inner { defaults, named, override_all: None, state: Mutex::new(State::default()) }) }
     }
 
     /// Test and benchmark hook: a registry that hands `provider` to every spec, whatever
@@ -102,7 +112,14 @@ impl Providers {
     /// (e.g. wrap [`ScriptedModel`] to timestamp when a model call starts). Not reachable
     /// from any configuration; `stead serve` never uses it.
     pub fn with_override(defaults: ProviderDefaults, provider: Arc<dyn ModelProvider>) -> Self {
-        Self { inner: Arc::new(Inner { defaults, override_all: Some(provider), state: Mutex::new(State::default()) }) }
+        Self {
+            inner: Arc::new(Inner {
+                defaults,
+                named: HashMap::new(),
+                override_all: Some(provider),
+                state: Mutex::new(State::default()),
+            }),
+        }
     }
 
     pub fn defaults(&self) -> &ProviderDefaults {
@@ -114,11 +131,33 @@ impl Providers {
         if let Some(p) = &self.inner.override_all {
             return Ok(p.clone());
         }
+        let spec = self.resolve(spec)?;
         match spec.provider {
             Provider::Scripted => Ok(Arc::new(ScriptedModel::new(spec.chunk_delay_ms))),
-            Provider::Openai => Ok(Arc::new(self.openai(spec)?)),
-            Provider::Anthropic => Ok(Arc::new(self.anthropic(spec)?)),
+            Provider::Openai => Ok(Arc::new(self.openai(&spec)?)),
+            Provider::Anthropic => Ok(Arc::new(self.anthropic(&spec)?)),
+            Provider::Named(n) => {
+                Err(Error::new(ErrorKind::Config, format!("provider `{n}` must be declared with a built-in kind")))
+            }
         }
+    }
+
+    /// `spec` with a named provider replaced by its declaration (kind, base URL, key
+    /// variable — all the operator's, whatever the spec says).
+    pub fn resolve(&self, spec: &ModelSpec) -> Result<ModelSpec, Error> {
+        let Provider::Named(name) = &spec.provider else { return Ok(spec.clone()) };
+        let Some(p) = self.inner.named.get(name) else {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("model provider `{name}` is not declared on this server"),
+            ));
+        };
+        Ok(ModelSpec {
+            provider: p.kind.clone(),
+            base_url: p.base_url.clone(),
+            api_key_env: p.api_key_env.clone(),
+            ..spec.clone()
+        })
     }
 
     /// The OpenAI-compatible provider for `spec`, with its timeout.
@@ -262,7 +301,7 @@ mod tests {
         let scripted: Arc<dyn ModelProvider> = Arc::new(ScriptedModel::new(0));
         let providers = Providers::with_override(ProviderDefaults::default(), scripted.clone());
         for provider in [Provider::Openai, Provider::Anthropic, Provider::Scripted] {
-            let got = providers.for_spec(&spec(provider)).unwrap();
+            let got = providers.for_spec(&spec(provider.clone())).unwrap();
             assert!(Arc::ptr_eq(&got, &scripted), "{provider:?}");
         }
     }

@@ -219,7 +219,9 @@ fn tool_calls_json(calls: &[ToolCall]) -> Value {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                json!({"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}})
+                // The provider may send no id (stead-model leaves it empty): name it by position.
+                let id = if c.id.is_empty() { format!("call_{i}") } else { c.id.clone() };
+                json!({"index": i, "id": id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}})
             })
             .collect(),
     )
@@ -312,7 +314,7 @@ fn finish_reason(r: &ModelResponse) -> &str {
 
 fn usage(r: &ModelResponse) -> Value {
     json!({"prompt_tokens": r.usage.input_tokens, "completion_tokens": r.usage.output_tokens,
-           "total_tokens": r.usage.input_tokens + r.usage.output_tokens})
+           "total_tokens": r.usage.total()})
 }
 
 fn completion(id: &str, created: i64, model: &str, r: &ModelResponse) -> Value {
@@ -346,11 +348,11 @@ fn model_object(id: &str, owner: &str) -> Value {
     json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
 }
 
-fn owner(p: Provider) -> &'static str {
+fn owner(p: &Provider) -> &'static str {
     match p {
         Provider::Openai => "openai",
         Provider::Anthropic => "anthropic",
-        Provider::Scripted => "stead",
+        Provider::Scripted | Provider::Named(_) => "stead",
     }
 }
 
@@ -367,7 +369,7 @@ pub async fn list_models(State(st): State<OaiState>, headers: HeaderMap) -> Resp
         };
         for r in &routes {
             if r.is_exact() {
-                push(model_object(&r.pattern, owner(r.provider)));
+                push(model_object(&r.pattern, owner(&r.provider)));
                 continue;
             }
             let prefix = r.pattern.trim_end_matches('*');
@@ -384,7 +386,7 @@ pub async fn list_models(State(st): State<OaiState>, headers: HeaderMap) -> Resp
                     Err(e) => tracing::warn!(error = %e.message, "could not list the upstream server's models"),
                 }
             } else if !prefix.is_empty() {
-                push(model_object(prefix, owner(r.provider)));
+                push(model_object(prefix, owner(&r.provider)));
             }
         }
         Ok(Json(json!({"object": "list", "data": data})).into_response())
@@ -411,7 +413,7 @@ pub async fn retrieve_model(State(st): State<OaiState>, headers: HeaderMap, Path
     respond(async {
         authenticate(&st.auth, &headers)?;
         let route = st.options.routes.route(&id)?;
-        Ok(Json(model_object(&id, owner(route.provider))).into_response())
+        Ok(Json(model_object(&id, owner(&route.provider))).into_response())
     })
     .await
 }

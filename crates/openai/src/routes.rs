@@ -38,17 +38,16 @@ impl ModelRoute {
             Some((p, a)) => (p, Some(a)),
             None => (target, None),
         };
-        let provider: Provider = serde_json::from_value(serde_json::Value::String(provider.trim().into()))
-            .map_err(|_| format!("model route {text:?}: provider must be openai, anthropic or scripted"))?;
+        let provider = Provider::parse(provider.trim()).map_err(|e| format!("model route {text:?}: {e}"))?;
         let mut route = ModelRoute {
             pattern: pattern.trim().to_owned(),
-            provider,
+            provider: provider.clone(),
             model: None,
             base_url: None,
             api_key_env: None,
             chunk_delay_ms: 0,
         };
-        match (provider, arg) {
+        match (&provider, arg) {
             (_, None) => {}
             (Provider::Scripted, Some(ms)) => {
                 route.chunk_delay_ms =
@@ -73,6 +72,30 @@ impl ModelRoute {
             Some(prefix) => model.starts_with(prefix),
             None => self.pattern == model,
         }
+    }
+
+    /// A route that names its own endpoint or key is an operator-declared provider: runs
+    /// reference it by this name, so the stored agent version holds no URL or key variable
+    /// (DESIGN §3.9) and tenants' specs cannot borrow the endpoint's key for another URL.
+    pub fn declared_provider(&self) -> Option<stead_core::grants::NamedProvider> {
+        if self.base_url.is_none() && self.api_key_env.is_none() {
+            return None;
+        }
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in
+            [self.provider.as_str(), self.base_url.as_deref().unwrap_or(""), self.api_key_env.as_deref().unwrap_or("")]
+        {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        Some(stead_core::grants::NamedProvider {
+            name: format!("route-{}", hex::encode(&h.finalize()[..6])),
+            kind: self.provider.clone(),
+            base_url: self.base_url.clone(),
+            api_key_env: self.api_key_env.clone(),
+            tenants: Default::default(),
+        })
     }
 
     /// Whether the pattern names exactly one model.
@@ -131,11 +154,15 @@ impl ModelRoutes {
     /// The model spec a run (or a passthrough call) uses for `model`.
     pub fn spec(&self, model: &str) -> Result<ModelSpec, OaiError> {
         let r = self.route(model)?;
+        let provider = match r.declared_provider() {
+            Some(p) => Provider::Named(p.name),
+            None => r.provider.clone(),
+        };
         Ok(ModelSpec {
-            provider: r.provider,
+            provider,
             name: r.model.clone().unwrap_or_else(|| model.to_owned()),
-            base_url: r.base_url.clone(),
-            api_key_env: r.api_key_env.clone(),
+            base_url: None,
+            api_key_env: None,
             temperature: None,
             max_tokens: None,
             stream: true,

@@ -45,6 +45,15 @@ pub struct ServeArgs {
     /// Stead listens on loopback only, every address is allowed by default.
     #[arg(long = "mcp-url-allow", env = "STEAD_MCP_URL_ALLOW", value_delimiter = ',')]
     pub mcp_url_allow: Vec<String>,
+    /// Tenants trusted as the operator: their agent specs may start MCP server commands, choose
+    /// model base URLs and key variables, and read any `${env:…}` (repeat, or comma-separate in
+    /// the env var). Without API keys the local user is the operator (tenant `default`).
+    #[arg(long = "trusted-tenant", env = "STEAD_TRUSTED_TENANTS", value_delimiter = ',')]
+    pub trusted_tenants: Vec<String>,
+    /// Environment variables tenants' specs may read with `${env:VAR}`: `VAR` (every tenant)
+    /// or `TENANT:VAR` (repeat, or comma-separate in the env var). Nothing else is readable.
+    #[arg(long = "expose-env", env = "STEAD_EXPOSE_ENV", value_delimiter = ',')]
+    pub expose_env: Vec<String>,
     /// Largest request body, in bytes [default: 1048576].
     #[arg(long, env = "STEAD_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -75,6 +84,19 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `stead_engine=debug` [default: info].
     #[arg(long, env = "STEAD_LOG")]
     pub log: Option<String>,
+    /// Seconds a client may take to send a request's headers, from its connection (or from the
+    /// first byte of a request on a kept-alive one) [default: 10].
+    #[arg(long, env = "STEAD_HEADER_TIMEOUT_SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a kept-alive connection may stay open with no request in flight (streams in
+    /// progress are never cut) [default: 60].
+    #[arg(long, env = "STEAD_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Open connections at most (1 to 100000). At the cap the connection idle for longest is
+    /// closed to admit a new one; if every one has a request in flight, the new one is closed
+    /// [default: 4096].
+    #[arg(long, env = "STEAD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// The config file: the same options, all optional.
@@ -91,6 +113,16 @@ struct FileConfig {
     #[serde(default)]
     model_route: Vec<stead_openai::ModelRoute>,
     mcp_url_allow: Option<Vec<String>>,
+    trusted_tenants: Option<Vec<String>>,
+    /// `[[expose_env]] name = "TICKETS_TOKEN", tenants = ["acme"]` (or a plain list of names).
+    #[serde(default)]
+    expose_env: Vec<stead_core::grants::ExposedVar>,
+    /// Model endpoints tenants may use by name: `[[provider]] name = "local", kind = "openai", ...`.
+    #[serde(default)]
+    provider: Vec<stead_core::grants::NamedProvider>,
+    /// MCP servers tenants may use by name: `[[mcp_server]] name = "files", command = "npx", ...`.
+    #[serde(default)]
+    mcp_server: Vec<stead_core::grants::CatalogServer>,
     max_body_bytes: Option<usize>,
     max_input_bytes: Option<usize>,
     max_tool_output_bytes: Option<usize>,
@@ -101,6 +133,9 @@ struct FileConfig {
     max_wait_secs: Option<u64>,
     worker_id: Option<String>,
     log: Option<String>,
+    header_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 /// Options after merging flags, env, file and defaults.
@@ -115,6 +150,9 @@ pub struct ServeConfig {
     pub model_routes: Vec<stead_openai::ModelRoute>,
     /// `None`: any address (loopback-only server with nothing configured).
     pub mcp_url_allow: Option<Vec<String>>,
+    /// What the operator grants tenants (providers, catalog MCP servers, exposed variables,
+    /// trusted tenants); the model routes' own endpoints are added by `serve`.
+    pub grants: stead_core::grants::Grants,
     pub max_body_bytes: usize,
     pub max_input_bytes: usize,
     pub max_tool_output_bytes: usize,
@@ -125,6 +163,7 @@ pub struct ServeConfig {
     pub max_wait: Duration,
     pub worker_id: String,
     pub log: String,
+    pub connections: crate::http_server::ConnectionLimits,
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -153,9 +192,7 @@ impl ServeArgs {
                 None => (rest, Vec::new()),
             };
             stead_core::ids::TenantId::new(tenant).map_err(|e| anyhow::anyhow!("API key for {tenant:?}: {e}"))?;
-            if key.len() < 16 {
-                bail!("API key for tenant {tenant:?} is too short: use at least 16 characters");
-            }
+            check_api_key(tenant, key, &api_keys)?;
             api_keys.push((tenant.to_owned(), key.to_owned(), roles));
         }
         let mut model_routes = file.model_route;
@@ -172,7 +209,11 @@ impl ServeArgs {
             if self.mcp_url_allow.is_empty() { file.mcp_url_allow.unwrap_or_default() } else { self.mcp_url_allow };
         // A server reachable only from this machine lets its callers reach what they already can.
         let mcp_url_allow = if mcp_allow.is_empty() && listen.ip().is_loopback() { None } else { Some(mcp_allow) };
+        let trusted =
+            if self.trusted_tenants.is_empty() { file.trusted_tenants.unwrap_or_default() } else { self.trusted_tenants };
+        let grants = grants(&api_keys, trusted, self.expose_env, file.expose_env, file.provider, file.mcp_server)?;
         let cfg = ServeConfig {
+            grants,
             listen,
             model_routes,
             mcp_url_allow,
@@ -190,10 +231,77 @@ impl ServeArgs {
             max_wait: Duration::from_secs(self.max_wait_secs.or(file.max_wait_secs).unwrap_or(600)),
             worker_id: self.worker_id.or(file.worker_id).unwrap_or_else(|| format!("node_{}", std::process::id())),
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
+            connections: crate::http_server::ConnectionLimits {
+                header_timeout: Duration::from_secs(self.header_timeout_secs.or(file.header_timeout_secs).unwrap_or(10)),
+                idle_timeout: Duration::from_secs(self.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(60)),
+                max_connections: self.max_connections.or(file.max_connections).unwrap_or(4096),
+            },
         };
         cfg.check()?;
         Ok(cfg)
     }
+}
+
+/// A key a client can send and no other key equals: at least 16 visible ASCII characters (a
+/// header value is trimmed, so a key of spaces — or with any — could never match).
+fn check_api_key(tenant: &str, key: &str, earlier: &[(String, String, Vec<String>)]) -> anyhow::Result<()> {
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("API key for tenant {tenant:?} must be visible ASCII characters only, without spaces");
+    }
+    if key.len() < 16 {
+        bail!("API key for tenant {tenant:?} is too short: use at least 16 characters");
+    }
+    if earlier.iter().any(|(_, k, _)| k == key) {
+        bail!("API key for tenant {tenant:?} is configured twice: every key must be distinct");
+    }
+    Ok(())
+}
+
+/// The operator's grants from the options. Without API keys the local user is the operator.
+fn grants(
+    api_keys: &[(String, String, Vec<String>)],
+    trusted: Vec<String>,
+    expose_flags: Vec<String>,
+    mut exposed: Vec<stead_core::grants::ExposedVar>,
+    providers: Vec<stead_core::grants::NamedProvider>,
+    catalog: Vec<stead_core::grants::CatalogServer>,
+) -> anyhow::Result<stead_core::grants::Grants> {
+    use stead_core::grants::{ExposedVar, Grants, TenantSet};
+    let tenant = |t: &str| {
+        stead_core::ids::TenantId::new(t).map(|_| t.to_owned()).map_err(|e| anyhow::anyhow!("--trusted-tenant: {e}"))
+    };
+    let mut g = Grants::default();
+    if api_keys.is_empty() {
+        g.trusted_tenants.insert(stead_core::ids::TenantId::default_tenant().as_str().to_owned());
+    }
+    for t in trusted {
+        g.trusted_tenants.insert(tenant(t.trim())?);
+    }
+    for flag in expose_flags {
+        let (tenants, var) = match flag.split_once(':') {
+            Some((t, v)) => (TenantSet(Some([tenant(t.trim())?].into())), v.trim()),
+            None => (TenantSet::default(), flag.trim()),
+        };
+        exposed.push(ExposedVar { name: var.to_owned(), tenants });
+    }
+    for v in &exposed {
+        if v.name.is_empty() || !v.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            bail!("--expose-env: {:?} is not an environment variable name", v.name);
+        }
+    }
+    g.exposed_env = exposed;
+    for p in providers {
+        if g.providers.insert(p.name.clone(), p.clone()).is_some() {
+            bail!("[[provider]] `{}` is declared twice", p.name);
+        }
+    }
+    for m in catalog {
+        if g.mcp_catalog.insert(m.name.clone(), m.clone()).is_some() {
+            bail!("[[mcp_server]] `{}` is declared twice", m.name);
+        }
+    }
+    g.validate().map_err(|e| anyhow::anyhow!(e))?;
+    Ok(g)
 }
 
 impl ServeConfig {
@@ -221,6 +329,17 @@ impl ServeConfig {
         }
         if self.lease < Duration::from_secs(3) {
             bail!("lease_secs must be at least 3");
+        }
+        let c = &self.connections;
+        let ranges = [
+            ("header_timeout_secs", c.header_timeout.as_secs(), 3600),
+            ("idle_timeout_secs", c.idle_timeout.as_secs(), 86_400),
+            ("max_connections", c.max_connections as u64, 100_000),
+        ];
+        for (name, v, max) in ranges {
+            if v == 0 || v > max {
+                bail!("{name} must be between 1 and {max}, not {v}");
+            }
         }
         Ok(())
     }

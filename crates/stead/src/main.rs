@@ -3,6 +3,7 @@
 
 mod client;
 mod config;
+mod http_server;
 mod render;
 mod serve;
 

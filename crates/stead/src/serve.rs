@@ -17,7 +17,9 @@ use crate::config::ServeArgs;
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.resolve()?;
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log).context("invalid --log filter")?;
+    // rmcp's own log lines quote server answers (a 401 body may echo the token): off unless named.
+    let log = if cfg.log.contains("rmcp") { cfg.log.clone() } else { format!("{},rmcp=off", cfg.log) };
+    let filter = tracing_subscriber::EnvFilter::try_new(&log).context("invalid --log filter")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -40,9 +42,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .map_err(|e| anyhow::anyhow!("--http-allow: {e}"))?;
     let limits = HttpLimits { max_response_bytes: cfg.max_tool_output_bytes, ..HttpLimits::default() };
     let http = HttpCaller::new(guard, limits).context("cannot set up the HTTP tool client")?;
+    let mcp_guard = match &cfg.mcp_url_allow {
+        None => None,
+        Some(allow) => Some(Arc::new(
+            Guard::new(GuardConfig {
+                allow: allow.iter().filter(|a| a.as_str() != "*").cloned().collect(),
+                allow_all: allow.iter().any(|a| a == "*"),
+            })
+            .map_err(|e| anyhow::anyhow!("--mcp-url-allow: {e}"))?,
+        )),
+    };
+    let grants = Arc::new(operator_grants(&cfg)?);
     let engine = Engine::new(
         store as Arc<dyn stead_store::Store>,
-        Providers::new(ProviderDefaults::from_env()),
+        Providers::with_named(ProviderDefaults::from_env(), grants.providers.values().cloned().collect()),
         ToolRegistry::with_builtins().with_http(http),
         EngineOptions {
             worker_id: cfg.worker_id.clone(),
@@ -50,6 +63,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_concurrent_runs: cfg.max_concurrent_runs,
             max_input_bytes: cfg.max_input_bytes,
             max_tool_output_bytes: cfg.max_tool_output_bytes,
+            grants,
+            mcp_url_guard: mcp_guard.clone(),
             ..EngineOptions::default()
         },
     );
@@ -61,16 +76,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         auth = auth.with_key(key, t, &format!("{tenant}/key{}", i + 1), roles);
     }
     let auth = Arc::new(auth);
-    let mcp_guard = match &cfg.mcp_url_allow {
-        None => None,
-        Some(allow) => Some(Arc::new(
-            Guard::new(GuardConfig {
-                allow: allow.iter().filter(|a| a.as_str() != "*").cloned().collect(),
-                allow_all: allow.iter().any(|a| a == "*"),
-            })
-            .map_err(|e| anyhow::anyhow!("--mcp-url-allow: {e}"))?,
-        )),
-    };
     // Unstored (`store: false`) responses a crash left behind are erased before serving.
     let mut tenants = vec![TenantId::default_tenant()];
     for (tenant, _, _) in &cfg.api_keys {
@@ -114,11 +119,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         signal.cancel();
     });
     let graceful = shutdown.clone();
-    axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await }).await?;
+    crate::http_server::serve(listener, app, cfg.connections, graceful).await?;
     shutdown.cancel();
     let _ = dispatcher.await;
     eprintln!("stead stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The config's grants plus the endpoints model routes declare (usable by every tenant: the
+/// Responses API's runs reference them by name).
+fn operator_grants(cfg: &crate::config::ServeConfig) -> anyhow::Result<stead_core::grants::Grants> {
+    let mut grants = cfg.grants.clone();
+    for route in &cfg.model_routes {
+        if let Some(p) = route.declared_provider() {
+            grants.providers.insert(p.name.clone(), p);
+        }
+    }
+    grants.validate().map_err(|e| anyhow::anyhow!(e))?;
+    Ok(grants)
 }
 
 async fn wait_for_signal() {
