@@ -709,7 +709,7 @@ mod tests {
                 "tools[1].name",
             ),
             ("name: a\nmodel: {provider: scripted, name: e}\nlimits: {max_steps: 0}\n", "limits.max_steps"),
-            ("name: a\nmodel: {provider: nope, name: e}\n", "unknown variant"),
+            ("name: a\nmodel: {provider: \"Not A Name\", name: e}\n", "unknown variant"),
         ];
         for (text, needle) in cases {
             let err = AgentSpec::parse(text, SpecFormat::Yaml).unwrap_err().to_string();

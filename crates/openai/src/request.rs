@@ -496,7 +496,7 @@ pub fn run_agent(req: &CreateResponse, model: ModelSpec, max_messages: u32) -> O
         "model": model_json,
         "concurrency": "enqueue",
         "pause": "complete",
-        "context": {"max_messages": max_messages, "max_tokens": 1_000_000_000u64},
+        "context": {"max_messages": max_messages, "max_tokens": stead_core::agent::MAX_CONTEXT_TOKENS},
     });
     if let Some(i) = req.instructions.as_deref().filter(|i| !i.is_empty()) {
         spec["instructions"] = json!(i);
@@ -631,6 +631,48 @@ fn mcp_server(t: &Value, param: &str) -> OaiResult<(Value, McpTool)> {
     Ok((server, McpTool { label: label.to_owned(), slug, url: url.to_owned() }))
 }
 
+/// Most `mcp` tools one request may name (each is an outbound connection).
+pub const MAX_MCP_SERVERS: usize = 16;
+
+/// Replaces the credentials of the spec's MCP servers — header values and URL query strings —
+/// by references to values the engine holds in memory (`stead_engine::held`), so the stored
+/// agent version holds none of them; renames the spec by the hash of what remains. The guards
+/// keep the values alive: hold them until the response is over.
+pub fn hold_credentials(
+    engine: &stead_engine::Engine,
+    tenant: &stead_core::ids::TenantId,
+    spec: &mut Value,
+) -> Vec<stead_engine::held::HeldGuard> {
+    let mut guards = Vec::new();
+    let mut hold = |value: &str| {
+        let g = engine.hold_credential(tenant, value);
+        let r = g.reference();
+        guards.push(g);
+        r
+    };
+    if let Some(servers) = spec.get_mut("mcp_servers").and_then(Value::as_array_mut) {
+        for server in servers {
+            if let Some(h) = server.get_mut("headers").and_then(Value::as_object_mut) {
+                for v in h.values_mut() {
+                    if let Some(text) = v.as_str() {
+                        *v = json!(hold(text));
+                    }
+                }
+            }
+            if let Some((base, query)) = server["url"].as_str().and_then(|u| u.split_once('?')) {
+                let url = format!("{base}?{}", hold(query));
+                server["url"] = json!(url);
+            }
+        }
+    }
+    if let Some(obj) = spec.as_object_mut() {
+        obj.remove("name");
+    }
+    let digest = Sha256::digest(spec.to_string().as_bytes());
+    spec["name"] = json!(format!("resp-{}", hex::encode(&digest[..8])));
+    guards
+}
+
 /// The request's tools as kept in the log and echoed in responses: an `mcp` tool's header
 /// values and `authorization` are credentials, which never reach the log.
 pub fn redacted_tools(tools: &[Value]) -> Vec<Value> {
@@ -646,6 +688,12 @@ pub fn redacted_tools(tools: &[Value]) -> Vec<Value> {
                 }
                 if t.get("authorization").is_some_and(|a| !a.is_null()) {
                     t["authorization"] = json!("[redacted]");
+                }
+                // A query string (`?token=…`) is a credential as often as not.
+                if let Some(url) = t.get("server_url").and_then(Value::as_str)
+                    && let Some((base, _)) = url.split_once('?')
+                {
+                    t["server_url"] = json!(format!("{base}?[redacted]"));
                 }
             }
             t

@@ -125,7 +125,7 @@ pub(crate) fn response_object(run: &RunRecord, events: &[Event]) -> Value {
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": s.usage.output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": s.usage.input_tokens + s.usage.output_tokens,
+        "total_tokens": s.usage.total(),
     });
     let or = |key: &str, default: Value| -> Value {
         match meta.get(key) {
@@ -378,7 +378,16 @@ async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResul
     validate(&req)?;
     let model = req.model.clone().unwrap_or_default();
     let spec = st.options.routes.spec(&model)?;
-    let agent = run_agent(&req, spec, st.options.max_messages)?;
+    let mut agent = run_agent(&req, spec, st.options.max_messages)?;
+    if agent.mcp.len() > crate::request::MAX_MCP_SERVERS {
+        return Err(OaiError::invalid(
+            "tools",
+            "too_many_mcp_servers",
+            format!("At most {} mcp tools per request.", crate::request::MAX_MCP_SERVERS),
+        ));
+    }
+    // Credentials live in memory for the response's lifetime, never in the agent version.
+    let held = crate::request::hold_credentials(&st.engine, &p.tenant, &mut agent.spec);
     if let Some(guard) = &st.options.mcp_guard {
         for m in &agent.mcp {
             let url = reqwest::Url::parse(&m.url)
@@ -546,6 +555,14 @@ async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResul
         }
     };
     let cleanup = (!store_it).then_some(run.session_id);
+    if !held.is_empty() {
+        // Held until the run settles (or its wall time passes), then forgotten.
+        let (engine, tenant, run_id) = (st.engine.clone(), p.tenant.clone(), run.id);
+        tokio::spawn(async move {
+            let _held = held;
+            let _ = engine.wait_for_run(&tenant, &run_id, std::time::Duration::from_secs(24 * 3600)).await;
+        });
+    }
 
     if stream {
         return Ok(crate::stream::sse(st, p.tenant, run, None, commits, deltas, cleanup).into_response());

@@ -189,8 +189,12 @@ mod tests {
         assert_eq!(routes.spec("claude-sonnet").unwrap().provider, Provider::Anthropic);
         let slow = routes.spec("slow-echo").unwrap();
         assert_eq!((slow.provider, slow.chunk_delay_ms), (Provider::Scripted, 200));
+        // A route with its own endpoint is an operator-declared provider, named in the spec.
         let local = routes.spec("local").unwrap();
-        assert_eq!(local.base_url.as_deref(), Some("http://127.0.0.1:11434/v1"));
+        assert_eq!(local.base_url, None);
+        let declared = routes.routes()[2].declared_provider().unwrap();
+        assert_eq!(local.provider, Provider::Named(declared.name.clone()));
+        assert_eq!(declared.base_url.as_deref(), Some("http://127.0.0.1:11434/v1"));
         let err = routes.spec("gpt-4o").unwrap_err();
         assert_eq!((err.status.as_u16(), err.code.as_deref()), (404, Some("model_not_found")));
         assert!(routes.spec("").is_err());
@@ -204,7 +208,7 @@ mod tests {
 
     #[test]
     fn bad_flags_are_refused() {
-        for bad in ["nope", "x=unknown", "a*b=openai", "s=scripted:fast"] {
+        for bad in ["nope", "x=Not A Provider", "a*b=openai", "s=scripted:fast"] {
             assert!(ModelRoute::parse_flag(bad).is_err(), "{bad}");
         }
     }
