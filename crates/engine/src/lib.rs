@@ -27,8 +27,8 @@ use stead_store::{AgentVersion, AppendRequest, ApprovalRecord, NewSession, RunRe
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
-pub use worker::DispatcherState;
 pub use tools::{Tool, ToolContext, ToolOutput, ToolRegistry};
+pub use worker::DispatcherState;
 
 /// Engine settings. Every field is a `stead serve` option.
 #[derive(Clone, Debug)]

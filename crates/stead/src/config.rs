@@ -209,8 +209,11 @@ impl ServeArgs {
             if self.mcp_url_allow.is_empty() { file.mcp_url_allow.unwrap_or_default() } else { self.mcp_url_allow };
         // A server reachable only from this machine lets its callers reach what they already can.
         let mcp_url_allow = if mcp_allow.is_empty() && listen.ip().is_loopback() { None } else { Some(mcp_allow) };
-        let trusted =
-            if self.trusted_tenants.is_empty() { file.trusted_tenants.unwrap_or_default() } else { self.trusted_tenants };
+        let trusted = if self.trusted_tenants.is_empty() {
+            file.trusted_tenants.unwrap_or_default()
+        } else {
+            self.trusted_tenants
+        };
         let grants = grants(&api_keys, trusted, self.expose_env, file.expose_env, file.provider, file.mcp_server)?;
         let cfg = ServeConfig {
             grants,
@@ -232,7 +235,9 @@ impl ServeArgs {
             worker_id: self.worker_id.or(file.worker_id).unwrap_or_else(|| format!("node_{}", std::process::id())),
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
             connections: crate::http_server::ConnectionLimits {
-                header_timeout: Duration::from_secs(self.header_timeout_secs.or(file.header_timeout_secs).unwrap_or(10)),
+                header_timeout: Duration::from_secs(
+                    self.header_timeout_secs.or(file.header_timeout_secs).unwrap_or(10),
+                ),
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(60)),
                 max_connections: self.max_connections.or(file.max_connections).unwrap_or(4096),
             },
