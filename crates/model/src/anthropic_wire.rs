@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 
 use crate::http::{Accumulator, Wire};
-use crate::wire::{error_message, quoted, response_json, str_of, temperature};
+use crate::wire::{bounded_index, count, error_message, quoted, response_json, str_of, temperature};
 use crate::{Error, ErrorKind, ModelRequest, ModelResponse, ToolChoice};
 
 /// The API version every request names (`anthropic-version`).
@@ -193,11 +193,12 @@ pub(crate) fn parse_response(body: &[u8], requested_model: &str) -> Result<Model
         .ok_or_else(|| Error::new(ErrorKind::Malformed, "model response has no content"))?;
     let mut content = String::new();
     let mut tool_calls = Vec::new();
-    for (i, b) in blocks.iter().enumerate() {
+    for b in blocks {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => content.push_str(b.get("text").and_then(Value::as_str).unwrap_or_default()),
             Some("tool_use") => tool_calls.push(ToolCall {
-                id: str_of(b.get("id")).filter(|s| !s.is_empty()).unwrap_or_else(|| format!("toolu_{i}")),
+                // A missing id stays empty: the engine names the call when it records it.
+                id: str_of(b.get("id")).unwrap_or_default(),
                 name: str_of(b.get("name")).unwrap_or_default(),
                 arguments: match b.get("input") {
                     None | Some(Value::Null) => "{}".to_owned(),
@@ -269,7 +270,7 @@ impl Accumulator for StreamAccumulator {
                 Ok(None)
             }
             "content_block_start" => {
-                let index = self.index_of(&v);
+                let index = self.index_of(&v)?;
                 let b = v.get("content_block");
                 match b.and_then(|b| b.get("type")).and_then(Value::as_str) {
                     Some("text") => {
@@ -301,7 +302,7 @@ impl Accumulator for StreamAccumulator {
                 }
             }
             "content_block_delta" => {
-                let index = self.index_of(&v);
+                let index = self.index_of(&v)?;
                 let d = v.get("delta");
                 match d.and_then(|d| d.get("type")).and_then(Value::as_str) {
                     Some("text_delta") => {
@@ -334,7 +335,8 @@ impl Accumulator for StreamAccumulator {
                     let mut input = None;
                     for k in ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"] {
                         if let Some(n) = u.get(k).and_then(Value::as_u64) {
-                            *input.get_or_insert(0) += n;
+                            let sum = input.get_or_insert(0u64);
+                            *sum = sum.saturating_add(n);
                         }
                     }
                     if let Some(n) = input {
@@ -367,10 +369,10 @@ impl Accumulator for StreamAccumulator {
         }
         let tool_calls: Vec<ToolCall> = self
             .blocks
-            .into_iter()
-            .filter_map(|(i, b)| match b {
+            .into_values()
+            .filter_map(|b| match b {
                 Block::ToolUse { id, name, json, initial } => Some(ToolCall {
-                    id: if id.is_empty() { format!("toolu_{i}") } else { id },
+                    id,
                     name,
                     // Passed on raw, like every provider's arguments, even if not valid JSON.
                     arguments: if !json.trim().is_empty() {
@@ -394,8 +396,12 @@ impl Accumulator for StreamAccumulator {
 }
 
 impl StreamAccumulator {
-    fn index_of(&self, v: &Value) -> u64 {
-        v.get("index").and_then(Value::as_u64).unwrap_or_else(|| self.blocks.keys().next_back().map_or(0, |k| k + 1))
+    fn index_of(&self, v: &Value) -> Result<u64, Error> {
+        bounded_index(
+            v.get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or_else(|| self.blocks.keys().next_back().map_or(0, |k| k.saturating_add(1))),
+        )
     }
 
     fn text(&mut self, piece: Option<String>) -> Option<String> {
@@ -421,9 +427,10 @@ fn finish_reason(stop_reason: Option<&str>, calls: &[ToolCall]) -> String {
 /// Adds a `usage` object's counts; input counts cache writes and reads too.
 fn add_usage(usage: &mut Usage, v: Option<&Value>) {
     let Some(u) = v.filter(|u| u.is_object()) else { return };
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    usage.input_tokens += n("input_tokens") + n("cache_creation_input_tokens") + n("cache_read_input_tokens");
-    usage.output_tokens += n("output_tokens");
+    let input = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
+        .iter()
+        .fold(0u64, |sum, k| sum.saturating_add(count(u, k)));
+    usage.add(Usage { input_tokens: input, output_tokens: count(u, "output_tokens") });
 }
 
 fn is_error(v: &Value) -> bool {
@@ -461,7 +468,10 @@ fn error_kind(ty: &str) -> ErrorKind {
 mod tests {
     use std::sync::Arc;
 
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::wire::MAX_STREAM_INDEX;
 
     fn req(messages: Vec<Message>) -> ModelRequest {
         ModelRequest {
@@ -586,6 +596,83 @@ mod tests {
             "{\"type\": \"message_start\", \"message\": []}",
         ] {
             MESSAGES.feed(body);
+        }
+        for body in ["null", "[]", "{}", "7", "\"x\"", "{\"content\": 3}"] {
+            assert_eq!(parse_response(body.as_bytes(), "m").unwrap_err().kind, ErrorKind::Malformed, "{body}");
+        }
+        let odd = "{\"content\": [null, 1, {\"type\": 2}, {\"type\": \"tool_use\", \"input\": 5}]}";
+        let r = parse_response(odd.as_bytes(), "m").unwrap();
+        assert_eq!(r.tool_calls, vec![ToolCall { id: String::new(), name: String::new(), arguments: "5".into() }]);
+    }
+
+    #[test]
+    fn huge_block_index_is_refused_and_counts_saturate() {
+        let mut acc = StreamAccumulator::default();
+        let max = u64::MAX;
+        let start = format!(
+            r#"{{"type":"content_block_start","index":{max},"content_block":{{"type":"tool_use","id":"a","name":"f"}}}}"#
+        );
+        let e = acc.event(&[start]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Malformed);
+        assert!(e.message.contains("index 18446744073709551615"), "{}", e.message);
+        let body = format!(
+            r#"{{"content":[],"usage":{{"input_tokens":{max},"cache_creation_input_tokens":{max},"cache_read_input_tokens":1,"output_tokens":{max}}}}}"#
+        );
+        let r = parse_response(body.as_bytes(), "m").unwrap();
+        assert_eq!(r.usage, Usage { input_tokens: max, output_tokens: max });
+    }
+
+    fn odd_number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (0u64..8).prop_map(Value::from),
+            Just(json!(MAX_STREAM_INDEX + 1)),
+            Just(json!(u64::MAX)),
+            proptest::num::u64::ANY.prop_map(Value::from),
+            proptest::num::i64::ANY.prop_map(Value::from),
+            Just(json!(0.5)),
+            Just(Value::Null),
+        ]
+    }
+
+    /// One stream event of a kind that carries numbers, with odd ones in it.
+    fn odd_event() -> impl Strategy<Value = Value> {
+        (0usize..4, odd_number(), odd_number(), odd_number()).prop_map(|(kind, a, b, c)| match kind {
+            0 => json!({"type": "message_start", "message": {"usage": {"input_tokens": a, "cache_read_input_tokens": b, "output_tokens": c}}}),
+            1 => json!({"type": "content_block_start", "index": a, "content_block": {"type": "tool_use", "id": "t", "name": "f"}}),
+            2 => json!({"type": "content_block_delta", "index": a, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
+            _ => json!({"type": "message_delta", "delta": {}, "usage": {"input_tokens": a, "cache_creation_input_tokens": b, "output_tokens": c}}),
+        })
+    }
+
+    proptest! {
+        /// Any stream of events with odd numbers ends in a response or a malformed-response
+        /// error naming the index; never a panic or a wrapped count.
+        #[test]
+        fn odd_numbers_in_streams(events in proptest::collection::vec(odd_event(), 1..10)) {
+            let mut acc = StreamAccumulator::default();
+            for e in &events {
+                let huge = e["index"].as_u64().is_some_and(|i| i > MAX_STREAM_INDEX);
+                match acc.event(&[e.to_string()]) {
+                    Ok(_) => prop_assert!(!huge),
+                    Err(err) => {
+                        prop_assert_eq!(err.kind, ErrorKind::Malformed);
+                        prop_assert!(err.message.contains("index"), "{}", err.message);
+                        return Ok(());
+                    }
+                }
+            }
+            acc.event(&[r#"{"type":"message_stop"}"#.to_owned()]).unwrap();
+            let r = acc.finish("m").unwrap();
+            prop_assert!(r.tool_calls.len() <= events.len());
+        }
+
+        #[test]
+        fn odd_usage_in_whole_responses(a in odd_number(), b in odd_number(), c in odd_number()) {
+            let body = json!({"content": [], "usage": {"input_tokens": a, "cache_read_input_tokens": b, "output_tokens": c}});
+            let r = parse_response(body.to_string().as_bytes(), "m").unwrap();
+            let n = |v: &Value| v.as_u64().unwrap_or(0);
+            prop_assert_eq!(r.usage.input_tokens, n(&a).saturating_add(n(&b)));
+            prop_assert_eq!(r.usage.output_tokens, n(&c));
         }
     }
 

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use stead_core::message::{Message, ToolCall, ToolDef, Usage};
 
 use crate::http::{Accumulator, Wire};
-use crate::wire::{error_message, response_json, str_of, temperature};
+use crate::wire::{bounded_index, count, error_message, response_json, str_of, temperature};
 use crate::{Error, ErrorKind, ModelRequest, ModelResponse, ToolChoice};
 
 /// The chat-completions format, for the shared HTTP code.
@@ -115,11 +115,11 @@ pub(crate) fn parse_response(body: &[u8], requested_model: &str) -> Result<Model
         .map(|calls| {
             calls
                 .iter()
-                .enumerate()
-                .map(|(i, c)| {
+                .map(|c| {
                     let f = c.get("function");
                     ToolCall {
-                        id: str_of(c.get("id")).filter(|s| !s.is_empty()).unwrap_or_else(|| format!("call_{i}")),
+                        // A missing id stays empty: the engine names the call when it records it.
+                        id: str_of(c.get("id")).unwrap_or_default(),
                         name: str_of(f.and_then(|f| f.get("name"))).unwrap_or_default(),
                         arguments: arguments_of(f.and_then(|f| f.get("arguments"))),
                     }
@@ -201,8 +201,8 @@ impl Accumulator for StreamAccumulator {
         let tool_calls: Vec<ToolCall> = self
             .calls
             .into_iter()
-            .map(|(i, p)| ToolCall {
-                id: if p.id.is_empty() { format!("call_{i}") } else { p.id },
+            .map(|(_, p)| ToolCall {
+                id: p.id,
                 name: p.name,
                 arguments: if p.arguments.trim().is_empty() { "{}".to_owned() } else { p.arguments },
             })
@@ -238,7 +238,7 @@ impl StreamAccumulator {
         let Some(delta) = choice.get("delta") else { return Ok(None) };
         if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
             for c in calls {
-                self.tool_call_delta(c);
+                self.tool_call_delta(c)?;
             }
         }
         let piece = text_of(delta.get("content")).filter(|p| !p.is_empty());
@@ -248,17 +248,17 @@ impl StreamAccumulator {
         Ok(piece)
     }
 
-    fn tool_call_delta(&mut self, c: &Value) {
+    fn tool_call_delta(&mut self, c: &Value) -> Result<(), Error> {
         let id = str_of(c.get("id")).filter(|s| !s.is_empty());
-        let index = match c.get("index").and_then(Value::as_u64) {
+        let index = bounded_index(match c.get("index").and_then(Value::as_u64) {
             Some(i) => i,
             // Without an index, a new id starts a new call and anything else continues the last.
             None => match (&id, self.last_index) {
                 (Some(id), Some(last)) if self.calls.get(&last).is_some_and(|p| p.id == *id) => last,
                 (None, Some(last)) => last,
-                _ => self.calls.keys().next_back().map_or(0, |k| k + 1),
+                _ => self.calls.keys().next_back().map_or(0, |k| k.saturating_add(1)),
             },
-        };
+        })?;
         self.last_index = Some(index);
         let entry = self.calls.entry(index).or_default();
         if let Some(id) = id
@@ -280,6 +280,7 @@ impl StreamAccumulator {
             Some(Value::Null) | None => {}
             Some(other) => entry.arguments.push_str(&other.to_string()),
         }
+        Ok(())
     }
 }
 
@@ -322,15 +323,17 @@ fn arguments_of(v: Option<&Value>) -> String {
 
 fn usage_of(v: Option<&Value>) -> Option<Usage> {
     let u = v.filter(|u| u.is_object())?;
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    Some(Usage { input_tokens: n("prompt_tokens"), output_tokens: n("completion_tokens") })
+    Some(Usage { input_tokens: count(u, "prompt_tokens"), output_tokens: count(u, "completion_tokens") })
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::wire::MAX_STREAM_INDEX;
 
     fn req(stream: bool) -> ModelRequest {
         ModelRequest {
@@ -411,17 +414,101 @@ mod tests {
     }
 
     #[test]
-    fn never_panics_on_odd_bodies() {
-        for body in [
-            "null",
-            "[]",
-            "{}",
-            "{\"choices\": 3}",
-            "{\"choices\": [null]}",
-            "{\"choices\": [{\"message\": 1}]}",
-            "{\"choices\": [{\"message\": {\"tool_calls\": [1, {\"function\": 2}]}}], \"usage\": 7}",
-        ] {
+    fn odd_bodies_are_malformed_not_panics() {
+        for body in
+            ["null", "[]", "{}", "{\"choices\": 3}", "{\"choices\": [null]}", "{\"choices\": [{\"message\": 1}]}"]
+        {
+            let e = parse_response(body.as_bytes(), "m").unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Malformed, "{body}");
             CHAT_COMPLETIONS.feed(body);
+        }
+        let odd = "{\"choices\": [{\"message\": {\"tool_calls\": [1, {\"function\": 2}]}}], \"usage\": 7}";
+        let r = parse_response(odd.as_bytes(), "m").unwrap();
+        assert_eq!((r.tool_calls.len(), r.tool_calls[1].arguments.as_str(), r.usage), (2, "{}", Usage::default()));
+    }
+
+    #[test]
+    fn huge_stream_index_is_refused_and_counts_saturate() {
+        let mut acc = StreamAccumulator::default();
+        let max = u64::MAX;
+        let chunk = format!(r#"{{"choices":[{{"delta":{{"tool_calls":[{{"index":{max},"id":"a"}}]}}}}]}}"#);
+        let e = acc.event(&[chunk]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Malformed);
+        assert!(e.message.contains("index 18446744073709551615"), "{}", e.message);
+        let body = format!(
+            r#"{{"choices":[{{"message":{{"content":"x"}}}}],"usage":{{"prompt_tokens":{max},"completion_tokens":{max}}}}}"#
+        );
+        let r = parse_response(body.as_bytes(), "m").unwrap();
+        assert_eq!(r.usage, Usage { input_tokens: max, output_tokens: max });
+        assert_eq!(r.usage.total(), max);
+    }
+
+    /// Numbers a server may put anywhere: extremes, negatives, fractions, strings, nothing.
+    fn odd_number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (0u64..8).prop_map(Value::from),
+            Just(json!(MAX_STREAM_INDEX)),
+            Just(json!(MAX_STREAM_INDEX + 1)),
+            Just(json!(u64::MAX)),
+            proptest::num::u64::ANY.prop_map(Value::from),
+            proptest::num::i64::ANY.prop_map(Value::from),
+            Just(json!(1.5)),
+            Just(json!("3")),
+            Just(Value::Null),
+        ]
+    }
+
+    fn odd_chunk() -> impl Strategy<Value = Value> {
+        let id = proptest::option::of(prop_oneof![Just("a"), Just("b"), Just("")]);
+        (odd_number(), id, odd_number(), odd_number(), proptest::bool::ANY).prop_map(
+            |(index, id, input, output, end)| {
+                let mut call = json!({"function": {"name": "f", "arguments": "{}"}});
+                if !index.is_null() {
+                    call["index"] = index;
+                }
+                if let Some(id) = id {
+                    call["id"] = json!(id);
+                }
+                let finish = if end { json!("tool_calls") } else { Value::Null };
+                json!({"choices": [{"delta": {"tool_calls": [call]}, "finish_reason": finish}],
+                   "usage": {"prompt_tokens": input, "completion_tokens": output}})
+            },
+        )
+    }
+
+    proptest! {
+        /// Any stream of chunks with odd numbers ends in a response or a malformed-response
+        /// error; never a panic, a wrapped count or a call per possible index.
+        #[test]
+        fn odd_numbers_in_streams(chunks in proptest::collection::vec(odd_chunk(), 1..10)) {
+            let mut acc = StreamAccumulator::default();
+            let mut usage = Usage::default();
+            for c in &chunks {
+                let huge = c["choices"][0]["delta"]["tool_calls"][0]["index"].as_u64().is_some_and(|i| i > MAX_STREAM_INDEX);
+                match acc.event(&[c.to_string()]) {
+                    Ok(_) => prop_assert!(!huge),
+                    Err(e) => {
+                        prop_assert_eq!(e.kind, ErrorKind::Malformed);
+                        prop_assert!(e.message.contains("index"), "{}", e.message);
+                        return Ok(());
+                    }
+                }
+                let n = |k: &str| c["usage"][k].as_u64().unwrap_or(0);
+                usage = Usage { input_tokens: n("prompt_tokens"), output_tokens: n("completion_tokens") };
+            }
+            if let Ok(r) = acc.finish("m") {
+                prop_assert_eq!(r.usage, usage);
+                prop_assert!(r.tool_calls.len() <= chunks.len());
+            }
+        }
+
+        #[test]
+        fn odd_numbers_in_whole_responses(input in odd_number(), output in odd_number()) {
+            let body = json!({"choices": [{"message": {"content": "x"}}],
+                              "usage": {"prompt_tokens": input, "completion_tokens": output}});
+            let r = parse_response(body.to_string().as_bytes(), "m").unwrap();
+            prop_assert_eq!(r.usage.input_tokens, input.as_u64().unwrap_or(0));
+            prop_assert_eq!(r.usage.output_tokens, output.as_u64().unwrap_or(0));
         }
     }
 
@@ -432,7 +519,7 @@ mod tests {
         let r = parse_response(body.as_bytes(), "m").unwrap();
         assert_eq!(r.content.as_deref(), Some("ab"));
         assert_eq!(r.tool_calls[0].arguments, r#"{"x":1}"#);
-        assert_eq!(r.tool_calls[0].id, "call_0");
+        assert_eq!(r.tool_calls[0].id, "", "a missing id is left for the engine to assign");
         assert_eq!(r.finish_reason, "tool_calls");
         assert_eq!(r.model, "m");
     }

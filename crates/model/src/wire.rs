@@ -8,6 +8,27 @@ use crate::{Error, ErrorKind};
 /// Server messages quoted in our errors are cut to this many characters.
 const MAX_QUOTED_CHARS: usize = 500;
 
+/// Highest tool-call (OpenAI) or content-block (Anthropic) index a stream may use. Indices
+/// count calls and blocks of one answer, so real ones are small; a huge one is refused rather
+/// than trusted as a size or incremented past `u64::MAX`.
+pub(crate) const MAX_STREAM_INDEX: u64 = 4096;
+
+/// A stream's `index`, refused when beyond [`MAX_STREAM_INDEX`].
+pub(crate) fn bounded_index(index: u64) -> Result<u64, Error> {
+    if index > MAX_STREAM_INDEX {
+        return Err(Error::new(
+            ErrorKind::Malformed,
+            format!("model stream used index {index}; at most {MAX_STREAM_INDEX} is accepted"),
+        ));
+    }
+    Ok(index)
+}
+
+/// A token count in a `usage` object (absent or not a non-negative integer: 0).
+pub(crate) fn count(usage: &Value, key: &str) -> u64 {
+    usage.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
 /// A complete response body as JSON.
 pub(crate) fn response_json(body: &[u8]) -> Result<Value, Error> {
     serde_json::from_slice(body)

@@ -1,7 +1,8 @@
 //! Conversions between rows and records, and from SQLite errors to store errors.
 //!
 //! Anything read back that does not decode (a bad id blob, invalid JSON, a negative
-//! sequence) was written outside Stead and is reported as `Corrupt`, never a panic.
+//! sequence, a time no RFC 3339 date can show) was written outside Stead and is reported as
+//! `Corrupt`, never a panic.
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Params, Row, params};
 use serde::de::DeserializeOwned;
@@ -77,6 +78,15 @@ pub(crate) fn to_u64(v: i64, what: &str) -> Result<u64> {
     u64::try_from(v).map_err(|_| corrupt(format!("{what} is negative ({v})")))
 }
 
+/// A stored time, refused when outside what Stead writes (1970 to 9999).
+pub(crate) fn time(ms: i64, what: &str) -> Result<Timestamp> {
+    let t = Timestamp(ms);
+    if !t.in_range() {
+        return Err(corrupt(format!("{what} {ms} ms is not a time Stead writes (1970 to 9999)")));
+    }
+    Ok(t)
+}
+
 pub(crate) fn id_bytes(blob: &[u8], what: &str) -> Result<[u8; 16]> {
     blob.try_into().map_err(|_| corrupt(format!("{what} id is {} bytes, expected 16", blob.len())))
 }
@@ -114,13 +124,14 @@ pub(crate) fn event_from_row(row: &Row<'_>, tenant_id: &TenantId, session_id: Se
     let at: i64 = row.get(4).sql()?;
     let data: String = row.get(5).sql()?;
     let hash: Vec<u8> = row.get(6).sql()?;
+    let seq = to_u64(seq, "event sequence")?;
     Ok(Event {
         tenant_id: tenant_id.clone(),
         session_id,
-        seq: to_u64(seq, "event sequence")?,
+        seq,
         run_id: run.map(|b| id_bytes(&b, "run").map(RunId::from_bytes)).transpose()?,
         actor: Actor(actor),
-        at: Timestamp(at),
+        at: time(at, &format!("event {seq}: stored time"))?,
         body: body_from(&kind, &data)?,
         hash: hex::encode(hash_bytes(&hash)?),
     })
@@ -152,8 +163,8 @@ pub(crate) fn session_from_row(row: &Row<'_>) -> Result<(i64, SessionRecord)> {
             metadata: json(&metadata, "session metadata")?,
             head_seq: to_u64(head_seq, "session head")?,
             head_hash: hex::encode(hash_bytes(&head_hash)?),
-            created_at: Timestamp(created_at),
-            updated_at: Timestamp(updated_at),
+            created_at: time(created_at, "session creation time")?,
+            updated_at: time(updated_at, "session update time")?,
         },
     ))
 }
@@ -204,11 +215,11 @@ pub(crate) fn run_from_row(row: &Row<'_>) -> Result<(i64, RunRecord)> {
             session_id: SessionId::from_bytes(id_bytes(&session, "session")?),
             state,
             lease: match (owner, expires) {
-                (Some(owner), Some(at)) => Some(Lease { owner, expires_at: Timestamp(at) }),
+                (Some(owner), Some(at)) => Some(Lease { owner, expires_at: time(at, "run lease expiry")? }),
                 _ => None,
             },
             fencing_token: to_u64(token, "fencing token")?,
-            updated_at: Timestamp(updated_at),
+            updated_at: time(updated_at, "run update time")?,
         },
     ))
 }
@@ -242,7 +253,7 @@ pub(crate) fn agent_from_row(row: &Row<'_>) -> Result<AgentVersion> {
         version: u32::try_from(version).map_err(|_| corrupt(format!("agent version {version} is out of range")))?,
         spec,
         spec_hash,
-        created_at: Timestamp(created_at),
+        created_at: time(created_at, "agent version creation time")?,
     })
 }
 
@@ -276,11 +287,11 @@ pub(crate) fn approval_from_row(row: &Row<'_>) -> Result<ApprovalRecord> {
         arguments: row.get(7).sql()?,
         role: row.get(8).sql()?,
         reason: row.get(9).sql()?,
-        created_at: Timestamp(row.get(10).sql()?),
-        expires_at: Timestamp(row.get(11).sql()?),
+        created_at: time(row.get(10).sql()?, "approval creation time")?,
+        expires_at: time(row.get(11).sql()?, "approval expiry")?,
         decision: decision.as_deref().map(|d| word::<ApprovalDecision>(d, "approval decision")).transpose()?,
         decided_by: row.get(13).sql()?,
-        decided_at: row.get::<_, Option<i64>>(14).sql()?.map(Timestamp),
+        decided_at: row.get::<_, Option<i64>>(14).sql()?.map(|t| time(t, "approval decision time")).transpose()?,
         decision_reason: row.get(15).sql()?,
         decided_arguments: row.get(16).sql()?,
         output: row.get(17).sql()?,

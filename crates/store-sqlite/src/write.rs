@@ -578,8 +578,6 @@ pub(crate) fn claim_runs(conn: &Connection, worker: &str, lease: Duration, max: 
         crate::rows::collect(rows, |r| r.get(0).sql())?
     };
     let expires = now.plus(lease).millis();
-    let session_sql =
-        format!("SELECT {SESSION_COLUMNS} FROM sessions s JOIN runs r ON r.session_pk = s.pk WHERE r.pk = ?1");
     let mut claims = Vec::with_capacity(pks.len());
     for pk in pks {
         conn.exec(
@@ -587,19 +585,56 @@ pub(crate) fn claim_runs(conn: &Connection, worker: &str, lease: Duration, max: 
             params![worker, expires, pk],
         )
         .sql()?;
-        let run = run_by_pk(conn, pk)?;
-        let session = {
-            let mut stmt = conn.prepare_cached(&session_sql).sql()?;
-            let mut rows = stmt.query([pk]).sql()?;
-            match rows.next().sql()? {
-                Some(row) => session_from_row(row)?.1,
-                None => return Err(corrupt(format!("run {} has no session", run.id))),
-            }
-        };
-        let token = run.fencing_token;
-        claims.push(Claim { run, session, token });
+        // One row written behind Stead's back must not stop every other run: set it aside.
+        match claimed(conn, pk) {
+            Ok(claim) => claims.push(claim),
+            Err(Error::Corrupt(why)) => quarantine(conn, pk, &why, now)?,
+            Err(e) => return Err(e),
+        }
     }
     Ok((claims, Vec::new()))
+}
+
+/// A just-leased run and its session, decoded.
+fn claimed(conn: &Connection, pk: i64) -> Result<Claim> {
+    let run = run_by_pk(conn, pk)?;
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s JOIN runs r ON r.session_pk = s.pk WHERE r.pk = ?1");
+    let mut stmt = conn.prepare_cached(&sql).sql()?;
+    let mut rows = stmt.query([pk]).sql()?;
+    let session = match rows.next().sql()? {
+        Some(row) => session_from_row(row)?.1,
+        None => return Err(corrupt(format!("run {} has no session", run.id))),
+    };
+    Ok(Claim { token: run.fencing_token, run, session })
+}
+
+/// Error code of a run set aside because its row or its session's row does not decode.
+pub const CORRUPT_ROW: &str = "corrupt_row";
+
+/// Takes a run whose row (or its session's) does not decode out of the claim queue for good:
+/// status `failed`, no lease. Its state says so (`corrupt_row`) when the state itself still
+/// decodes. The log is not touched: `audit` still shows what is there. Logged once, here.
+fn quarantine(conn: &Connection, pk: i64, why: &str, now: Timestamp) -> Result<()> {
+    let (id, state): (Vec<u8>, String) =
+        conn.row("SELECT id, state FROM runs WHERE pk = ?1", [pk], |r| Ok((r.get(0)?, r.get(1)?))).sql()?;
+    let run =
+        <[u8; 16]>::try_from(id.as_slice()).map_or_else(|_| format!("pk {pk}"), |b| RunId::from_bytes(b).to_string());
+    tracing::error!(run = %run, error = why, "a run's stored row does not decode; it is marked failed and never claimed");
+    let state = serde_json::from_str::<RunState>(&state).ok().map(|mut s| {
+        s.status = RunStatus::Failed;
+        s.error =
+            Some(stead_core::event::ErrorInfo::new(CORRUPT_ROW, format!("the run's stored data is damaged: {why}")));
+        s.finished_at.get_or_insert(now);
+        s
+    });
+    let state = state.map(|s| to_json(&s, "run state")).transpose()?;
+    conn.exec(
+        "UPDATE runs SET status = 'failed', state = coalesce(?2, state), lease_owner = NULL, lease_expires = NULL \
+         WHERE pk = ?1",
+        params![pk, state],
+    )
+    .sql()?;
+    Ok(())
 }
 
 /// The run's current lease holder and token; `NotFound` if there is no such run.

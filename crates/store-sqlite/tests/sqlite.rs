@@ -481,3 +481,67 @@ async fn a_step_costs_less_than_a_kilobyte_on_disk() {
     println!("{bytes} bytes for {} steps: {per_step} bytes per step", SESSIONS * STEPS);
     assert!(per_step <= 1024, "{per_step} bytes per step");
 }
+
+/// Another program's edit of one row must not stop every claim: the run is set aside (failed,
+/// `corrupt_row` where its state still reads) and the other runs are claimed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undecodable_run_or_session_row_is_set_aside_and_the_rest_claimed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path());
+    let (_, bad_state) = busy_session(&store, 1).await;
+    let (bad_session, bad_session_run) = busy_session(&store, 1).await;
+    let (_, good) = busy_session(&store, 1).await;
+    let conn = rusqlite::Connection::open(store.db_path()).expect("sqlite");
+    conn.execute("UPDATE runs SET state = '{not json' WHERE id = ?1", [&bad_state.as_bytes()[..]]).expect("edit");
+    conn.execute("UPDATE sessions SET metadata = '[' WHERE id = ?1", [&bad_session.as_bytes()[..]]).expect("edit");
+
+    let claims = store.claim_runs("w", LONG, 10).await.expect("one bad row does not fail the batch");
+    assert_eq!(claims.iter().map(|c| c.run.id).collect::<Vec<_>>(), vec![good]);
+    let status = |run: RunId| -> String {
+        conn.query_row("SELECT status FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |r| r.get(0)).expect("status")
+    };
+    assert_eq!((status(bad_state), status(bad_session_run)), ("failed".into(), "failed".into()));
+    // The run whose state still decodes says why; the other cannot be read at all.
+    let set_aside = store.get_run(&tenant(), &bad_session_run).await.expect("its own row reads");
+    assert_eq!(set_aside.state.status, stead_core::run::RunStatus::Failed);
+    assert_eq!(set_aside.state.error.as_ref().map(|e| e.code.as_str()), Some("corrupt_row"));
+    assert_eq!(set_aside.lease, None);
+    assert!(matches!(store.get_run(&tenant(), &bad_state).await, Err(Error::Corrupt(_))));
+    // Set aside for good: later claims neither see nor fail on them.
+    store.release_lease(&good, claims[0].token).await.expect("release");
+    let again = store.claim_runs("w2", LONG, 10).await.expect("claim again");
+    assert_eq!(again.iter().map(|c| c.run.id).collect::<Vec<_>>(), vec![good]);
+}
+
+/// Times outside 1970..=9999 in a row cannot be rendered as RFC 3339: they are reported as
+/// corrupt, naming the row, never rendered (which used to panic) or passed on.
+#[tokio::test(flavor = "multi_thread")]
+async fn far_future_and_negative_times_in_rows_are_reported_as_corrupt() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path());
+    let (far_event, _) = busy_session(&store, 1).await;
+    let (far_session, _) = busy_session(&store, 1).await;
+    let (_, negative_run) = busy_session(&store, 1).await;
+    let conn = rusqlite::Connection::open(store.db_path()).expect("sqlite");
+    let pk = |s: SessionId| -> i64 {
+        conn.query_row("SELECT pk FROM sessions WHERE id = ?1", [&s.as_bytes()[..]], |r| r.get(0)).expect("pk")
+    };
+    conn.execute("UPDATE events SET at = ?2 WHERE session_pk = ?1 AND seq = 3", [pk(far_event), i64::MAX])
+        .expect("edit");
+    conn.execute("UPDATE sessions SET created_at = ?2 WHERE pk = ?1", [pk(far_session), 253_402_300_800_000])
+        .expect("edit");
+    conn.execute("UPDATE runs SET updated_at = -1 WHERE id = ?1", [&negative_run.as_bytes()[..]]).expect("edit");
+
+    let corrupt = |r: Result<String, Error>| match r {
+        Err(Error::Corrupt(m)) => m,
+        other => panic!("expected Corrupt, got {other:?}"),
+    };
+    let m = corrupt(store.read_events(&tenant(), &far_event, 0, 100).await.map(|e| format!("{e:?}")));
+    assert!(m.contains("event 3: stored time 9223372036854775807 ms"), "{m}");
+    // The events before it still read, so a verifier can say exactly where the log breaks.
+    assert_eq!(store.read_events(&tenant(), &far_event, 0, 2).await.expect("before it").len(), 2);
+    let m = corrupt(store.get_session(&tenant(), &far_session).await.map(|s| format!("{s:?}")));
+    assert!(m.contains("session creation time"), "{m}");
+    let m = corrupt(store.get_run(&tenant(), &negative_run).await.map(|r| format!("{r:?}")));
+    assert!(m.contains("run update time -1 ms"), "{m}");
+}
