@@ -200,8 +200,8 @@ impl Accumulator for StreamAccumulator {
         }
         let tool_calls: Vec<ToolCall> = self
             .calls
-            .into_iter()
-            .map(|(_, p)| ToolCall {
+            .into_values()
+            .map(|p| ToolCall {
                 id: p.id,
                 name: p.name,
                 arguments: if p.arguments.trim().is_empty() { "{}".to_owned() } else { p.arguments },
