@@ -118,6 +118,7 @@ fn app(dir: &std::path::Path) -> axum::Router {
 
 /// One bad request of each kind the server refuses before doing anything.
 #[derive(Clone, Copy, Debug)]
+#[allow(clippy::enum_variant_names)] // `Bad::BadLimit` reads as the case it is
 enum Bad {
     NoKey,
     TwoKeys,
