@@ -68,10 +68,14 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: storage answers.
+/// Readiness: storage answers and the dispatcher (which executes runs) has not stopped.
 #[utoipa::path(get, path = "/readyz", tag = "system",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Storage unavailable", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "Ready"), (status = 503, description = "Storage unavailable (`not_ready`) or the dispatcher stopped (`dispatcher_stopped`)", body = crate::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if state.engine.dispatcher_state() == stead_engine::DispatcherState::Stopped {
+        let why = "the dispatcher has stopped: this process no longer executes runs";
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "dispatcher_stopped", why));
+    }
     let probe = stead_core::ids::TenantId::default_tenant();
     match state.engine.store().list_sessions(&probe, &Page { after: None, limit: 1 }).await {
         Ok(_) => Ok("ready"),

@@ -772,7 +772,9 @@ impl Engine {
     /// client), or until `timeout`; returns its latest record either way.
     pub async fn wait_for_run(&self, tenant: &TenantId, run_id: &RunId, timeout: Duration) -> Result<RunRecord> {
         let mut rx = self.inner.store.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A timeout too far off for the clock waits as long as it can, never panics.
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         loop {
             let run = self.inner.store.get_run(tenant, run_id).await?;
             if !run.status().is_claimable() {

@@ -231,3 +231,17 @@ async fn the_dispatchers_end_is_visible_whether_it_returns_or_panics() {
     assert!(task.await.expect_err("the dispatcher panics").is_panic());
     assert_eq!(broken.dispatcher_state(), DispatcherState::Stopped);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_longer_than_the_clock_can_count_does_not_panic() {
+    let (store, _dir) = open_store();
+    let e = engine(&store, "w", Faults::default());
+    let dispatcher = Dispatcher::start(&e);
+    let session = session(&e).await;
+    let run = start_run(&e, &session, "hello").await;
+    assert_eq!(finished(&e, &run).await.status(), RunStatus::Completed);
+    // An operator's huge --max-wait-secs reaches here as the request's bound.
+    let record = e.wait_for_run(&tenant(), &run, Duration::MAX).await.unwrap();
+    assert_eq!(record.status(), RunStatus::Completed);
+    dispatcher.stop().await;
+}
