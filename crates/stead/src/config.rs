@@ -54,28 +54,28 @@ pub struct ServeArgs {
     /// or `TENANT:VAR` (repeat, or comma-separate in the env var). Nothing else is readable.
     #[arg(long = "expose-env", env = "STEAD_EXPOSE_ENV", value_delimiter = ',')]
     pub expose_env: Vec<String>,
-    /// Largest request body, in bytes [default: 1048576].
+    /// Largest request body, in bytes (1024 to 1 GiB) [default: 1048576].
     #[arg(long, env = "STEAD_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// Largest run input, in bytes [default: 262144].
+    /// Largest run input, in bytes (1 to 256 MiB) [default: 262144].
     #[arg(long, env = "STEAD_MAX_INPUT_BYTES")]
     pub max_input_bytes: Option<usize>,
-    /// Tool output beyond this is cut with an explicit marker [default: 65536].
+    /// Tool output beyond this is cut with an explicit marker (1 to 256 MiB) [default: 65536].
     #[arg(long, env = "STEAD_MAX_TOOL_OUTPUT_BYTES")]
     pub max_tool_output_bytes: Option<usize>,
-    /// Events one session may hold [default: 1000000].
+    /// Events one session may hold (1 to 10^9) [default: 1000000].
     #[arg(long, env = "STEAD_MAX_EVENTS_PER_SESSION")]
     pub max_events_per_session: Option<u64>,
-    /// Largest single event payload, in bytes [default: 1048576].
+    /// Largest single event payload, in bytes (1024 to 256 MiB) [default: 1048576].
     #[arg(long, env = "STEAD_MAX_EVENT_BYTES")]
     pub max_event_bytes: Option<usize>,
-    /// Runs this process drives at once [default: 512].
+    /// Runs this process drives at once (1 to 10000) [default: 512].
     #[arg(long, env = "STEAD_MAX_CONCURRENT_RUNS")]
     pub max_concurrent_runs: Option<usize>,
-    /// Seconds a run's lease lasts without renewal [default: 30].
+    /// Seconds a run's lease lasts without renewal (3 to 3600) [default: 30].
     #[arg(long, env = "STEAD_LEASE_SECS")]
     pub lease_secs: Option<u64>,
-    /// Longest a `wait` request may block, in seconds [default: 600].
+    /// Longest a `wait` request may block, in seconds (1 to 86400) [default: 600].
     #[arg(long, env = "STEAD_MAX_WAIT_SECS")]
     pub max_wait_secs: Option<u64>,
     /// Name of this node in leases and event actors [default: node_<pid>].
@@ -85,11 +85,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STEAD_LOG")]
     pub log: Option<String>,
     /// Seconds a client may take to send a request's headers, from its connection (or from the
-    /// first byte of a request on a kept-alive one) [default: 10].
+    /// first byte of a request on a kept-alive one; 1 to 3600) [default: 10].
     #[arg(long, env = "STEAD_HEADER_TIMEOUT_SECS")]
     pub header_timeout_secs: Option<u64>,
     /// Seconds a kept-alive connection may stay open with no request in flight (streams in
-    /// progress are never cut) [default: 60].
+    /// progress are never cut; 1 to 86400) [default: 60].
     #[arg(long, env = "STEAD_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
     /// Open connections at most (1 to 100000). At the cap the connection idle for longest is
@@ -309,6 +309,18 @@ fn grants(
     Ok(g)
 }
 
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+
+/// Refuses a numeric option outside `least..=most`, naming its flag and its config key.
+fn check_range(key: &str, value: u64, least: u64, most: u64) -> anyhow::Result<()> {
+    if !(least..=most).contains(&value) {
+        let flag = key.replace('_', "-");
+        bail!("--{flag} (config key `{key}`) must be between {least} and {most}, not {value}");
+    }
+    Ok(())
+}
+
 impl ServeConfig {
     fn check(&self) -> anyhow::Result<()> {
         if !self.listen.ip().is_loopback() && self.api_keys.is_empty() {
@@ -317,34 +329,24 @@ impl ServeConfig {
                 self.listen
             );
         }
-        let positive = [
-            ("max_body_bytes", self.max_body_bytes as u64),
-            ("max_input_bytes", self.max_input_bytes as u64),
-            ("max_tool_output_bytes", self.max_tool_output_bytes as u64),
-            ("max_events_per_session", self.max_events_per_session),
-            ("max_event_bytes", self.max_event_bytes as u64),
-            ("max_concurrent_runs", self.max_concurrent_runs as u64),
-            ("lease_secs", self.lease.as_secs()),
-            ("max_wait_secs", self.max_wait.as_secs()),
-        ];
-        for (name, v) in positive {
-            if v == 0 {
-                bail!("{name} must be greater than 0");
-            }
-        }
-        if self.lease < Duration::from_secs(3) {
-            bail!("lease_secs must be at least 3");
-        }
         let c = &self.connections;
+        // (config key, value, least, most): beyond these a value is a mistake that would fail
+        // later and worse (a dispatcher that cannot start, a deadline past the clock's end).
         let ranges = [
-            ("header_timeout_secs", c.header_timeout.as_secs(), 3600),
-            ("idle_timeout_secs", c.idle_timeout.as_secs(), 86_400),
-            ("max_connections", c.max_connections as u64, 100_000),
+            ("max_body_bytes", self.max_body_bytes as u64, 1024, GIB),
+            ("max_input_bytes", self.max_input_bytes as u64, 1, 256 * MIB),
+            ("max_tool_output_bytes", self.max_tool_output_bytes as u64, 1, 256 * MIB),
+            ("max_events_per_session", self.max_events_per_session, 1, 1_000_000_000),
+            ("max_event_bytes", self.max_event_bytes as u64, 1024, 256 * MIB),
+            ("max_concurrent_runs", self.max_concurrent_runs as u64, 1, 10_000),
+            ("lease_secs", self.lease.as_secs(), 3, 3600),
+            ("max_wait_secs", self.max_wait.as_secs(), 1, 86_400),
+            ("header_timeout_secs", c.header_timeout.as_secs(), 1, 3600),
+            ("idle_timeout_secs", c.idle_timeout.as_secs(), 1, 86_400),
+            ("max_connections", c.max_connections as u64, 1, 100_000),
         ];
-        for (name, v, max) in ranges {
-            if v == 0 || v > max {
-                bail!("{name} must be between 1 and {max}, not {v}");
-            }
+        for (key, value, least, most) in ranges {
+            check_range(key, value, least, most)?;
         }
         Ok(())
     }
@@ -375,14 +377,46 @@ mod tests {
     }
 
     #[test]
+    fn every_numeric_option_is_bounded_and_its_flag_named() {
+        type Set = fn(&mut ServeArgs, u64);
+        let options: [(&str, Set, u64, u64); 11] = [
+            ("max-body-bytes", |a, v| a.max_body_bytes = Some(v as usize), 1024, 1 << 30),
+            ("max-input-bytes", |a, v| a.max_input_bytes = Some(v as usize), 1, 256 << 20),
+            ("max-tool-output-bytes", |a, v| a.max_tool_output_bytes = Some(v as usize), 1, 256 << 20),
+            ("max-events-per-session", |a, v| a.max_events_per_session = Some(v), 1, 1_000_000_000),
+            ("max-event-bytes", |a, v| a.max_event_bytes = Some(v as usize), 1024, 256 << 20),
+            ("max-concurrent-runs", |a, v| a.max_concurrent_runs = Some(v as usize), 1, 10_000),
+            ("lease-secs", |a, v| a.lease_secs = Some(v), 3, 3600),
+            ("max-wait-secs", |a, v| a.max_wait_secs = Some(v), 1, 86_400),
+            ("header-timeout-secs", |a, v| a.header_timeout_secs = Some(v), 1, 3600),
+            ("idle-timeout-secs", |a, v| a.idle_timeout_secs = Some(v), 1, 86_400),
+            ("max-connections", |a, v| a.max_connections = Some(v as usize), 1, 100_000),
+        ];
+        for (flag, set, least, most) in options {
+            for ok in [least, most] {
+                let mut args = ServeArgs::default();
+                set(&mut args, ok);
+                assert!(args.resolve().is_ok(), "--{flag} {ok} is in range");
+            }
+            for bad in [least - 1, most + 1, u64::MAX] {
+                let mut args = ServeArgs::default();
+                set(&mut args, bad);
+                let err = args.resolve().expect_err(flag).to_string();
+                assert!(err.starts_with(&format!("--{flag} ")), "{flag} = {bad}: {err}");
+                assert!(err.contains(&format!("between {least} and {most}, not {bad}")), "{err}");
+            }
+        }
+    }
+
+    #[test]
     fn file_fills_in_and_flags_win() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stead.toml");
-        std::fs::write(&path, "data_dir = \"/tmp/x\"\nmax_body_bytes = 42\nlisten = \"127.0.0.1:9000\"\n").unwrap();
-        let args = ServeArgs { config: Some(path.clone()), max_body_bytes: Some(7), ..Default::default() };
+        std::fs::write(&path, "data_dir = \"/tmp/x\"\nmax_body_bytes = 4200\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let args = ServeArgs { config: Some(path.clone()), max_body_bytes: Some(7000), ..Default::default() };
         let cfg = args.resolve().unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
-        assert_eq!(cfg.max_body_bytes, 7);
+        assert_eq!(cfg.max_body_bytes, 7000);
         assert_eq!(cfg.listen.port(), 9000);
         std::fs::write(&path, "data_dri = \"/tmp/x\"\n").unwrap();
         let err = format!("{:#}", ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err());
