@@ -512,3 +512,90 @@ async fn graceful_stop_with_runs_in_flight_resumes_after_restart() {
     }
     assert!(resumed > 0, "every run finished before the stop; the test proved nothing");
 }
+
+/// Waits until our child `pid` has exited (a zombie not yet reaped), from /proc.
+async fn wait_exited(pid: u32) {
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("a child is visible until reaped");
+        // The state follows the parenthesised command name.
+        if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "process {pid} did not exit");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_died_by_itself_does_not_pass_for_killed() {
+    let mut stead = Options::new().start().await;
+    let pid = stead.pid();
+    // SAFETY: plain kill(2) on the pid of our own child, which has not been reaped yet.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    wait_exited(pid).await;
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stead.kill9()));
+    let message = caught.expect_err("kill9 of a server that already exited must fail the test");
+    let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(text.contains("already exited"), "{text}");
+}
+
+/// A panic injected in a run's driver on the real binary: the run fails with `internal`, the
+/// session stays usable (cancel answers, the next runs start, it can be deleted), and after a
+/// restart with the same fault armed the failed run is not picked up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_run_driver_fails_the_run_and_never_wedges_the_session() {
+    let mut stead = Options::new().env("STEAD_FAULT_PANIC", "tool_started").start().await;
+    stead.apply_agent(&scripted_agent("fragile", "")).await;
+    let session = stead.create_session("fragile").await;
+    let run = stead.create_run(&session, r#"call echo {"text":"boom"}"#).await;
+    let failed = stead.wait_run(&run, "failed").await;
+    assert_eq!(failed["error"]["code"], "internal", "{failed}");
+    stead.wait_for_stderr("the run's driver panicked", support::TIMEOUT).await;
+
+    let r = stead.post(&format!("/v1/runs/{run}/cancel"), &json!({"reason": "stop"})).await;
+    assert_eq!((r.status, r.code()), (409, "run_finished"), "{}", r.text);
+    let next = stead.create_run(&session, "hello").await;
+    stead.wait_run(&next, "completed").await;
+
+    stead.kill9();
+    stead.restart(None).await; // the environment (and so the fault) is kept
+    let after = stead.create_run(&session, "hello again").await;
+    stead.wait_run(&after, "completed").await;
+    assert_eq!(stead.run(&run).await["status"], "failed");
+    let restarted = stead.current_stderr();
+    assert!(!restarted.iter().any(|l| l.contains("panic injected")), "panicked again: {restarted:#?}");
+    let log = stead.check_session(&session, true).await;
+    assert_eq!(log.runs[&run].of_type("run_failed").len(), 1, "{:#?}", log.runs[&run].events);
+    let r = stead.send(stead.req(Method::DELETE, &format!("/v1/sessions/{session}"))).await;
+    assert!(r.status < 300, "a session whose run failed can be deleted: {}", r.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_when_the_dispatcher_dies() {
+    let stead = Options::new().env("STEAD_FAULT_PANIC", "dispatcher_loop").start().await;
+    assert_eq!(stead.get("/healthz").await.status, 200);
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    let r = loop {
+        let r = stead.get("/readyz").await;
+        if r.status != 200 || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!((r.status, r.code()), (503, "dispatcher_stopped"), "{}", r.text);
+    assert_eq!(stead.get("/healthz").await.status, 200, "the process itself is alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_operator_options_are_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for (flag, value) in
+        [("--max-concurrent-runs", "18446744073709551615"), ("--max-wait-secs", "18446744073709551615")]
+    {
+        let out = support::cli(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data, flag, value], &[]).await;
+        assert_eq!(out.code, Some(1), "{flag} {value}: {out:?}");
+        assert!(out.stderr.contains(flag) && out.stderr.contains("must be between"), "{}", out.stderr);
+    }
+}

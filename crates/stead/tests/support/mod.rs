@@ -229,6 +229,11 @@ impl Stead {
         line.rsplit("run=").next().expect("run id").trim().to_owned()
     }
 
+    /// What the current process wrote to stderr so far.
+    pub fn current_stderr(&self) -> Vec<String> {
+        self.lines.snapshot()
+    }
+
     /// Every `paused at POINT` line the current process printed so far.
     pub fn paused_runs(&self, point: &str) -> Vec<String> {
         let needle = format!("stead-fault: paused at {point} run=");
@@ -240,11 +245,18 @@ impl Stead {
             .collect()
     }
 
-    /// SIGKILL, then reap the process (the data directory's lock goes with it).
+    /// SIGKILL, then reap the process (the data directory's lock goes with it). The process
+    /// must still be running and must die of that SIGKILL: one that crashed by itself does not
+    /// pass for "killed at point X".
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL on unix
-            let _ = c.wait();
+            if let Some(status) = c.try_wait().expect("wait") {
+                panic!("stead had already exited ({status}) before the SIGKILL; stderr:\n{}", self.stderr());
+            }
+            c.kill().expect("SIGKILL"); // SIGKILL on unix
+            let status = c.wait().expect("reap");
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(libc::SIGKILL), "stead did not die of the SIGKILL: {status}");
         }
         if let Some(r) = self.reader.take() {
             let _ = r.join();
