@@ -311,39 +311,83 @@ async fn deleting_a_session_leaves_no_rows_behind() {
 async fn rows_edited_behind_steads_back_break_the_chain() {
     let dir = tempfile::tempdir().expect("dir");
     let store = open(dir.path());
-    let (edited, _) = busy_session(&store, 3).await;
-    let (actor, _) = busy_session(&store, 3).await;
-    let (gap, _) = busy_session(&store, 3).await;
+    // Each case edits one session of 11 events (seq 3-5, 6-8, 9-11: a tool step each) with
+    // ?1 = the session's pk, and must break the chain at `seq`. Every column the hash covers
+    // is edited (the session's tenant and id come from its own row, not the event's).
+    let cases: [(&str, &[&str], u64); 12] = [
+        (
+            "body, in every row",
+            &["UPDATE events SET data = replace(data, 'secret is 42', 'secret is 43') WHERE session_pk = ?1"],
+            2,
+        ),
+        (
+            "body, one field",
+            &["UPDATE events SET data = replace(data, '12:00', '12:01') WHERE session_pk = ?1 AND seq = 8"],
+            8,
+        ),
+        ("kind", &["UPDATE events SET kind = 'run_completed' WHERE session_pk = ?1 AND seq = 5"], 5),
+        ("actor", &["UPDATE events SET actor = 'principal:mallory' WHERE session_pk = ?1 AND seq = 4"], 4),
+        ("time", &["UPDATE events SET at = at + 1 WHERE session_pk = ?1 AND seq = 7"], 7),
+        ("run id", &["UPDATE events SET run_id = randomblob(16) WHERE session_pk = ?1 AND seq = 3"], 3),
+        ("run id removed", &["UPDATE events SET run_id = NULL WHERE session_pk = ?1 AND seq = 9"], 9),
+        ("hash", &["UPDATE events SET hash = zeroblob(32) WHERE session_pk = ?1 AND seq = 10"], 10),
+        ("deleted row", &["DELETE FROM events WHERE session_pk = ?1 AND seq = 6"], 7),
+        (
+            "swapped rows",
+            &[
+                "UPDATE events SET seq = 1000 WHERE session_pk = ?1 AND seq = 4",
+                "UPDATE events SET seq = 4 WHERE session_pk = ?1 AND seq = 5",
+                "UPDATE events SET seq = 5 WHERE session_pk = ?1 AND seq = 1000",
+            ],
+            4,
+        ),
+        (
+            "row inserted in the middle",
+            &[
+                "UPDATE events SET seq = seq + 1000 WHERE session_pk = ?1 AND seq > 5",
+                "UPDATE events SET seq = seq - 999 WHERE session_pk = ?1 AND seq > 1000",
+                "INSERT INTO events SELECT session_pk, 6, tenant, run_id, kind, actor, at, data, hash, msg \
+                 FROM events WHERE session_pk = ?1 AND seq = 5",
+            ],
+            6,
+        ),
+        (
+            "row appended",
+            &["INSERT INTO events SELECT session_pk, 12, tenant, run_id, kind, actor, at, data, hash, msg \
+               FROM events WHERE session_pk = ?1 AND seq = 11"],
+            12,
+        ),
+    ];
+    let mut sessions = Vec::new();
+    for _ in cases.iter() {
+        let (s, _) = busy_session(&store, 3).await;
+        assert_eq!(verify(&store, s).await, Ok(11));
+        sessions.push(s);
+    }
     let (truncated, _) = busy_session(&store, 3).await;
     let (garbled, _) = busy_session(&store, 3).await;
     let (garbled_run, run) = busy_session(&store, 3).await;
-    for s in [edited, actor, gap, truncated, garbled] {
-        assert_eq!(verify(&store, s).await, Ok(11));
-    }
 
     // Another program edits the database while Stead runs.
     let conn = rusqlite::Connection::open(store.db_path()).expect("sqlite");
     let pk = |s: SessionId| -> i64 {
         conn.query_row("SELECT pk FROM sessions WHERE id = ?1", [&s.as_bytes()[..]], |r| r.get(0)).expect("pk")
     };
-    let changed = conn
-        .execute(
-            "UPDATE events SET data = replace(data, 'secret is 42', 'secret is 43') WHERE session_pk = ?1",
-            [pk(edited)],
-        )
-        .expect("edit");
-    assert_eq!(changed, 11);
-    conn.execute("UPDATE events SET actor = 'principal:mallory' WHERE session_pk = ?1 AND seq = 4", [pk(actor)])
-        .expect("edit");
-    conn.execute("DELETE FROM events WHERE session_pk = ?1 AND seq = 6", [pk(gap)]).expect("delete");
+    for ((what, statements, _), s) in cases.iter().zip(&sessions) {
+        for sql in statements.iter() {
+            let changed = conn.execute(sql, [pk(*s)]).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(changed > 0, "{what}: {sql} changed nothing");
+        }
+    }
     conn.execute("DELETE FROM events WHERE session_pk = ?1 AND seq = 11", [pk(truncated)]).expect("delete");
     conn.execute("UPDATE events SET data = '{not json' WHERE session_pk = ?1 AND seq = 3", [pk(garbled)])
         .expect("edit");
     conn.execute("UPDATE runs SET state = 'null' WHERE id = ?1", [&run.as_bytes()[..]]).expect("edit");
 
-    assert_eq!(verify(&store, edited).await.map_err(|e| e.starts_with("broken at 2:")), Err(true));
-    assert_eq!(verify(&store, actor).await.map_err(|e| e.starts_with("broken at 4:")), Err(true));
-    assert_eq!(verify(&store, gap).await.map_err(|e| e.starts_with("broken at 7:")), Err(true));
+    for ((what, _, seq), s) in cases.iter().zip(&sessions) {
+        let broken = verify(&store, *s).await.expect_err(what);
+        assert!(broken.starts_with(&format!("broken at {seq}:")), "{what}: {broken}");
+    }
     let cut = verify(&store, truncated).await.expect_err("a missing tail is caught by the head");
     assert!(cut.contains("head says 11"), "{cut}");
     match store.read_events(&tenant(), &garbled, 0, 100).await {
