@@ -19,6 +19,7 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
+use rmcp::service::ClientInitializeError;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::common::client_side_sse::ExponentialBackoff;
 use rmcp::transport::streamable_http_client::{StreamableHttpClientTransportConfig, StreamableHttpError};
@@ -128,9 +129,18 @@ pub(crate) fn detail(error: &(dyn std::error::Error + 'static), secrets: &Secret
                 other => secrets.excerpt(&error_chain(other), DETAIL_EXCERPT),
             };
         }
-        // The SDK wraps transport errors in types that do not name them as a source.
-        source = match e.downcast_ref::<rmcp::service::ClientInitializeError>() {
-            Some(rmcp::service::ClientInitializeError::TransportError { error, .. }) => Some(&*error.error),
+        // The SDK wraps errors in types that do not name them as a source.
+        source = match e.downcast_ref::<ClientInitializeError>() {
+            Some(ClientInitializeError::TransportError { error, .. }) => Some(&*error.error),
+            Some(ClientInitializeError::LegacyFallbackFailed { discover, fallback }) => {
+                // The SDK quotes the server's answer to `server/discover` as the SDK cut it
+                // (possibly through a secret, further on): only its start is shown.
+                return format!(
+                    "initialize failed: {} (server/discover failed too: {})",
+                    detail(&**fallback, secrets),
+                    secrets.excerpt(&detail(&**discover, secrets), BODY_EXCERPT)
+                );
+            }
             _ => e.source(),
         };
     }
