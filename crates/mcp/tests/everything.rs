@@ -172,12 +172,45 @@ async fn stdio_killed_server_is_restarted_by_the_next_call() {
     client.close().await;
 }
 
+/// Preloaded into the server (`node --require`): appends everything the server reads on stdin
+/// to the file in `STEAD_TEST_STDIN_LOG`, so a test sees what reached it, across restarts.
+const STDIN_RECORDER: &str = r#"
+const fs = require("fs");
+const log = process.env.STEAD_TEST_STDIN_LOG;
+const emit = process.stdin.emit;
+process.stdin.emit = function (event, chunk, ...rest) {
+  if (event === "data") fs.appendFileSync(log, chunk);
+  return emit.call(this, event, chunk, ...rest);
+};
+"#;
+
+/// Waits until `path` contains `needle`.
+async fn wait_file(path: &Path, needle: &str) {
+    for _ in 0..1000 {
+        if std::fs::read_to_string(path).unwrap_or_default().contains(needle) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{} never contained {needle:?}", path.display());
+}
+
 #[tokio::test]
 async fn stdio_call_in_flight_when_the_server_dies_is_lost_not_replayed() {
     let Some(entry) = server_path(VAR, "stdio_call_in_flight_when_the_server_dies_is_lost_not_replayed") else {
         return;
     };
-    let client = McpClient::connect(stdio_config(&entry)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (recorder, log) = (dir.path().join("recorder.js"), dir.path().join("stdin.log"));
+    std::fs::write(&recorder, STDIN_RECORDER).unwrap();
+    let mut config = config(
+        "everything",
+        Transport::stdio("node", ["--require", recorder.to_str().unwrap(), entry.to_str().unwrap(), "stdio"]),
+    );
+    if let Transport::Stdio { env, .. } = &mut config.transport {
+        env.insert("STEAD_TEST_STDIN_LOG".into(), log.to_str().unwrap().into());
+    }
+    let client = McpClient::connect(config).await.unwrap();
     let pid = client.server_pid().unwrap();
     let call = {
         let client = client.clone();
@@ -185,8 +218,9 @@ async fn stdio_call_in_flight_when_the_server_dies_is_lost_not_replayed() {
             client.call_tool("trigger-long-running-operation", args(json!({"duration": 60, "steps": 60})), "long").await
         })
     };
-    // Let the request leave; whether or not the server read it, it was sent.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The server has read the call: it is in flight when the server dies.
+    const LONG: &str = r#""name":"trigger-long-running-operation""#;
+    wait_file(&log, LONG).await;
     sigkill(pid);
     let err = call.await.unwrap().unwrap_err();
     assert!(matches!(err, Error::ConnectionLost(_)), "{err}");
@@ -194,10 +228,14 @@ async fn stdio_call_in_flight_when_the_server_dies_is_lost_not_replayed() {
     assert!(err.to_string().contains("signal 9"), "{err}");
     assert!(err.to_string().contains("not retried"), "{err}");
 
-    // The next call starts a fresh server.
+    // The next call starts a fresh server, which gets that call and not the lost one.
     let result = client.call_tool("echo", args(json!({"message": "after"})), "k2").await.unwrap();
     assert_eq!(result.text, "Echo: after");
     assert_ne!(client.server_pid(), Some(pid));
+    let read = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(read.matches(r#""method":"initialize""#).count(), 2, "two servers started:\n{read}");
+    assert_eq!(read.matches(LONG).count(), 1, "the lost call was sent again:\n{read}");
+    assert!(read.contains(r#""message":"after""#), "{read}");
     client.close().await;
 }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use common::fake::{Behaviour, FakeServer};
 use stead_mcp::{Error, McpClient, Transport};
@@ -62,8 +63,32 @@ async fn an_error_body_is_quoted_as_a_short_redacted_excerpt() {
     assert!(text.len() < 600, "{} bytes: {text}", text.len());
 }
 
+/// What the `tracing` log received, for a test on one thread (the default test runtime: the
+/// client's stderr reader runs on it too).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn a_stdio_server_that_prints_its_secret_and_dies_does_not_leak_it() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+
     let secret = "env-secret-2c4e6a8b";
     let mut transport = Transport::stdio("sh", ["-c", "echo \"starting with API_KEY=$API_KEY\" >&2; exit 3"]);
     if let Transport::Stdio { env, .. } = &mut transport {
@@ -75,4 +100,8 @@ async fn a_stdio_server_that_prints_its_secret_and_dies_does_not_leak_it() {
     // Its stderr is in the message, with the value it printed redacted.
     assert!(text.contains("status 3") && text.contains("starting with API_KEY=[redacted]"), "{text}");
     assert!(!text.contains(secret) && !format!("{err:?}").contains(secret), "{text}");
+    // Its stderr lines are logged (at debug), redacted too.
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("starting with API_KEY=[redacted]"), "{log}");
+    assert!(!log.contains(secret), "{log}");
 }
