@@ -23,6 +23,10 @@ impl TenantSet {
     pub fn covers(&self, tenant: &TenantId) -> bool {
         self.0.as_ref().is_none_or(|set| set.contains(tenant.as_str()))
     }
+
+    pub fn is_all(&self) -> bool {
+        self.0.is_none()
+    }
 }
 
 /// A model endpoint the operator declared: `[[provider]] name = "local", kind = "openai",
@@ -41,12 +45,6 @@ pub struct NamedProvider {
     /// Only these tenants may use it (default: all).
     #[serde(default, skip_serializing_if = "TenantSet::is_all")]
     pub tenants: TenantSet,
-}
-
-impl TenantSet {
-    pub fn is_all(&self) -> bool {
-        self.0.is_none()
-    }
 }
 
 /// An MCP server the operator declared: `[[mcp_server]] name = "files", command = "npx",
@@ -97,7 +95,8 @@ impl Grants {
     /// Checks the declarations themselves (names, one transport per catalog server).
     pub fn validate(&self) -> Result<(), String> {
         for p in self.providers.values() {
-            if !crate::agent::is_slug(&p.name) || matches!(p.name.as_str(), "openai" | "anthropic" | "scripted") {
+            // A declared name must not shadow a built-in kind (nor be unparseable as a name).
+            if !matches!(Provider::parse(&p.name), Ok(Provider::Named(_))) {
                 return Err(format!(
                     "provider name `{}`: use [a-z0-9_-], not openai/anthropic/scripted (those are the built-in kinds)",
                     p.name

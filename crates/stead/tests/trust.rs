@@ -302,3 +302,36 @@ async fn withdrawn_trust_stops_stored_specs() {
     assert_eq!(failed["error"]["code"], "not_granted", "{failed}");
     assert!(!s.marker.exists(), "a stored command ran after trust was withdrawn");
 }
+
+/// Invariant 5 for credentials a Responses caller sends (issue 8 item 9): MCP header values,
+/// `authorization` and `server_url` query strings are held in memory only — no byte of them
+/// reaches the data directory, the stored agent version or the answer, even for a request that
+/// fails (the server is unreachable: 424).
+#[tokio::test]
+async fn responses_credentials_never_reach_the_store() {
+    const HEADER: &str = "hdr-canary-3c9e0a51";
+    const AUTH: &str = "auth-canary-8b27d6f4";
+    const QUERY: &str = "query-canary-51fe02aa";
+    let stead = Options::new().arg("--model-route").arg("scripted*=scripted").start().await;
+    let body = json!({
+        "model": "scripted", "input": "hi",
+        "tools": [{"type": "mcp", "server_label": "remote", "require_approval": "never",
+                   "server_url": format!("http://127.0.0.1:1/mcp?token={QUERY}"),
+                   "headers": {"X-Key": HEADER}, "authorization": AUTH}]
+    });
+    let r = stead.post("/v1/responses", &body).await;
+    assert_eq!(r.status, 424, "{}", r.body);
+    let answer = r.body.to_string();
+    let agents = stead.get_ok("/v1/agents").await.to_string();
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(&stead.data_dir).unwrap() {
+        stored.extend(std::fs::read(entry.unwrap().path()).unwrap_or_default());
+    }
+    let stored = String::from_utf8_lossy(&stored);
+    for canary in [HEADER, AUTH, QUERY] {
+        for (what, text) in [("answer", &answer), ("agents", &agents), ("data dir", &stored.to_string())] {
+            assert!(!text.contains(canary), "{canary} reached the {what}");
+        }
+    }
+    assert!(!stead.stderr().contains(HEADER) && !stead.stderr().contains(AUTH));
+}
