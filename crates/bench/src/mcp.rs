@@ -57,7 +57,7 @@ fn spec(entry: &str, steps: usize) -> anyhow::Result<String> {
         "name: mcp-bench\nmodel: {{provider: scripted, name: bench}}\n\
          mcp_servers:\n  - {{name: everything, command: node, args: [{}, stdio]}}\n\
          limits: {{max_steps: {}, max_wall_time_secs: 3600}}\n\
-         context: {{max_messages: {}, max_tokens: 100000000}}\n",
+         context: {{max_messages: {}, max_tokens: 10000000}}\n",
         serde_json::to_string(entry)?,
         steps + 10,
         (2 * steps + 50).min(10_000),

@@ -24,7 +24,7 @@ pub fn stepper_spec(name: &str, steps: u32) -> String {
     format!(
         "name: {name}\nmodel: {{provider: scripted, name: bench}}\ntools:\n  - {{name: echo, type: builtin}}\n\
          limits: {{max_steps: {}, max_wall_time_secs: 3600}}\n\
-         context: {{max_messages: {}, max_tokens: 100000000}}\n",
+         context: {{max_messages: {}, max_tokens: 10000000}}\n",
         steps + 10,
         (2 * steps + 50).min(10_000),
     )
