@@ -93,6 +93,7 @@ impl From<stead_store::Error> for ApiError {
             E::Corrupt(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_corrupt", msg),
             E::Unavailable(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", msg),
             E::Backend(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", msg),
+            E::IdempotencyKeyUsed(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", msg),
         }
     }
 }
@@ -128,6 +129,8 @@ impl From<stead_engine::Error> for ApiError {
             E::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", msg),
             E::InvalidDecision(_) => Self::bad_request("invalid_decision", msg),
             E::AlreadyDecided { .. } => Self::new(StatusCode::CONFLICT, "approval_already_decided", msg),
+            E::InvalidIdempotencyKey(_) => Self::bad_request("invalid_idempotency_key", msg),
+            E::IdempotencyKeyReused(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", msg),
         }
     }
 }

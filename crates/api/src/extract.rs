@@ -68,3 +68,23 @@ pub fn authenticate(auth: &Auth, headers: &axum::http::HeaderMap) -> Result<Prin
 pub fn parse_id<T: std::str::FromStr<Err = stead_core::Error>>(raw: &str) -> Result<T, ApiError> {
     raw.parse::<T>().map_err(ApiError::from)
 }
+
+/// The request's `Idempotency-Key` header (as the OpenAI SDKs send on every POST and its
+/// retries), bound to a fingerprint of what the request asks for: `what` names the operation
+/// and target, `request` is the part that must be the same for a retry (its body or input).
+/// More than one such header, or a value that is not 1..=255 visible ASCII, is refused.
+pub fn idempotency(
+    headers: &axum::http::HeaderMap,
+    what: &str,
+    request: &[u8],
+) -> Result<Option<stead_engine::Idempotency>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request("invalid_idempotency_key", "send one `Idempotency-Key` header, not several"));
+    }
+    let key = value.to_str().map_err(|_| {
+        ApiError::bad_request("invalid_idempotency_key", "an idempotency key is visible ASCII characters")
+    })?;
+    Ok(Some(stead_engine::Idempotency::new(key, &[what.as_bytes(), request])?))
+}

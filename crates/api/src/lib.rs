@@ -17,7 +17,7 @@ use stead_core::ids::TenantId;
 use stead_engine::Engine;
 
 pub use error::ApiError;
-pub use extract::authenticate;
+pub use extract::{authenticate, idempotency};
 
 /// API settings. Every field is a `stead serve` option.
 #[derive(Clone, Debug)]

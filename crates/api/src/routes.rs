@@ -442,6 +442,7 @@ impl Delivery {
 pub async fn create_run(
     State(state): State<AppState>,
     principal: Principal,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     Json(req): Json<CreateRun>,
 ) -> Result<Response, ApiError> {
@@ -464,7 +465,10 @@ pub async fn create_run(
             })
             .collect::<Result<_, _>>()?,
     };
-    let run = state.engine.create_run(&principal.tenant, &principal.id, &session, input).await?;
+    let fingerprint = serde_json::to_vec(&input).unwrap_or_default();
+    let idempotency = crate::idempotency(&headers, &format!("POST /v1/sessions/{session}/runs"), &fingerprint)?;
+    let run = stead_engine::RunInput { input, idempotency, ..Default::default() };
+    let run = state.engine.create_run_with(&principal.tenant, &principal.id, &session, run).await?;
     delivery.respond(&state, &principal, run, StatusCode::CREATED, timeout).await
 }
 

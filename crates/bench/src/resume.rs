@@ -127,6 +127,7 @@ async fn fill(h: &Harness, session: &SessionId, size: u64) -> anyhow::Result<()>
                 expected_head: head,
                 events,
                 fence: None,
+                idempotency: None,
             };
             store.append(req).await.context("appending history")?;
             head += len;

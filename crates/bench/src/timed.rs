@@ -69,6 +69,9 @@ impl Store for TimedStore {
     async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> Result<()> {
         self.inner.delete_session(tenant, id).await
     }
+    async fn get_idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<stead_store::IdempotencyRecord>> {
+        self.inner.get_idempotency(tenant, key).await
+    }
     async fn append(&self, req: AppendRequest) -> Result<Vec<Event>> {
         let t = Instant::now();
         let r = self.inner.append(req).await;

@@ -36,6 +36,12 @@ pub enum Error {
     /// Decisions are single-use: this approval already has a different one.
     #[error("approval {id} was already decided: {decision} by {by}")]
     AlreadyDecided { id: String, decision: String, by: String },
+    /// An `Idempotency-Key` that is not one (empty, too long, not visible ASCII).
+    #[error("invalid idempotency key: {0}")]
+    InvalidIdempotencyKey(String),
+    /// The key was already used for a different request (or for one that created no run).
+    #[error("idempotency key {0:?} was already used for a different request; use a new key for a new request")]
+    IdempotencyKeyReused(String),
     /// Contention did not settle within the retry budget; safe to retry.
     #[error("too much contention on {0}; try again")]
     Contention(String),

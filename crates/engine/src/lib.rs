@@ -2,6 +2,7 @@
 //! dispatcher that claims runnable runs, and the run loop `decide → execute → append`.
 //! It knows nothing of HTTP; `stead-api` calls it.
 
+mod create;
 pub mod error;
 pub mod fault;
 pub mod held;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use stead_core::agent::{AgentSpec, ConcurrencyPolicy, SpecFormat, ToolKind};
+use stead_core::agent::{AgentSpec, SpecFormat, ToolKind};
 use stead_core::event::{
     Actor, AgentRef, ApprovalDecision, BrokenLink, CarriedCall, ChainVerifier, Event, EventBody, NewEvent,
 };
@@ -23,9 +24,10 @@ use stead_core::message::Message;
 use stead_core::run::RunStatus;
 use stead_core::time::Timestamp;
 use stead_model::Providers;
-use stead_store::{AgentVersion, AppendRequest, ApprovalRecord, NewSession, RunRecord, SessionRecord, Store};
+use stead_store::{AgentVersion, AppendRequest, ApprovalRecord, RunRecord, SessionRecord, Store};
 use tokio_util::sync::CancellationToken;
 
+pub use create::{Idempotency, MAX_IDEMPOTENCY_KEY_LEN, SessionWithRun};
 pub use error::{Error, Result};
 pub use tools::{Tool, ToolContext, ToolOutput, ToolRegistry};
 pub use worker::DispatcherState;
@@ -54,6 +56,8 @@ pub struct EngineOptions {
     /// Checks MCP URLs that tenants choose (native specs and Responses requests) on every hop.
     /// `None`: any address (a loopback-only server, whose callers already reach it all).
     pub mcp_url_guard: Option<Arc<stead_tools_http::Guard>>,
+    /// How long an `Idempotency-Key` is remembered after the create that claimed it.
+    pub idempotency_ttl: Duration,
 }
 
 /// Grants for a server without API keys: the local user (tenant `default`) is the operator.
@@ -75,6 +79,7 @@ impl Default for EngineOptions {
             faults: fault::Faults::from_env(),
             grants: Arc::new(local_operator_grants()),
             mcp_url_guard: None,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -104,6 +109,8 @@ pub struct RunInput {
     pub expected_head: Option<u64>,
     /// Who makes `decisions` (required with them); each is checked against its approval's role.
     pub decider: Option<Decider>,
+    /// The client's idempotency key: a retry with the same key returns the first run.
+    pub idempotency: Option<Idempotency>,
 }
 
 /// The bytes of text a message carries, for the input limit.
@@ -362,194 +369,6 @@ impl Engine {
         Ok(spec)
     }
 
-    // ---- sessions ----
-
-    pub async fn create_session(
-        &self,
-        tenant: &TenantId,
-        principal: &str,
-        agent: &str,
-        version: Option<u32>,
-        metadata: serde_json::Value,
-    ) -> Result<SessionRecord> {
-        let agent = self.inner.store.get_agent(tenant, agent, version).await?;
-        let id = SessionId::new();
-        let first_event = NewEvent {
-            run_id: None,
-            actor: Actor::principal(principal),
-            body: EventBody::SessionCreated {
-                agent: agent.name.clone(),
-                agent_version: agent.version,
-                metadata: metadata.clone(),
-            },
-        };
-        let new = NewSession {
-            tenant_id: tenant.clone(),
-            id,
-            agent: agent.name,
-            agent_version: agent.version,
-            metadata,
-            first_event,
-        };
-        Ok(self.inner.store.create_session(new).await?.0)
-    }
-
-    // ---- runs ----
-
-    /// Queues a run with the user's `input` on the session, under the agent's concurrency policy.
-    pub async fn create_run(
-        &self,
-        tenant: &TenantId,
-        principal: &str,
-        session_id: &SessionId,
-        input: Vec<Message>,
-    ) -> Result<RunRecord> {
-        if input.is_empty() {
-            return Err(Error::InvalidInput("input must contain at least one message".into()));
-        }
-        if input.iter().any(|m| !matches!(m, Message::User { .. })) {
-            return Err(Error::InvalidInput("input messages must have role `user`".into()));
-        }
-        self.create_run_with(tenant, principal, session_id, RunInput { input, ..RunInput::default() }).await
-    }
-
-    /// Queues a run with everything a run can start with: any kind of message (the client's
-    /// tool outputs, system notes, earlier assistant turns it supplies), another agent version
-    /// than the session's, calls carried over from the run before with decisions on them, and
-    /// metadata. With `expected_head`, the run is created only if nothing else was appended
-    /// since (`Error::HeadMoved` otherwise): how a caller continues "exactly after" a run.
-    pub async fn create_run_with(
-        &self,
-        tenant: &TenantId,
-        principal: &str,
-        session_id: &SessionId,
-        run: RunInput,
-    ) -> Result<RunRecord> {
-        if run.input.is_empty() && run.carried.is_empty() {
-            return Err(Error::InvalidInput("input must contain at least one message".into()));
-        }
-        let bytes: usize = run.input.iter().map(message_bytes).sum();
-        if bytes > self.inner.options.max_input_bytes {
-            return Err(Error::LimitExceeded(format!(
-                "input is {bytes} bytes; the limit is {} (max_input_bytes)",
-                self.inner.options.max_input_bytes
-            )));
-        }
-        for (approval_id, _) in &run.decisions {
-            if !run.carried.iter().any(|c| &c.approval_id == approval_id) {
-                return Err(Error::InvalidInput(format!("approval {approval_id} is not carried by this run")));
-            }
-        }
-        if !run.decisions.is_empty() && run.decider.is_none() {
-            return Err(Error::InvalidInput("decisions need the decider who makes them".into()));
-        }
-        // Decisions made with a run's creation follow the same rules as any decision.
-        for c in &run.carried {
-            let a = self.inner.store.get_approval(tenant, &c.approval_id).await?;
-            if let Some((_, d)) = run.decisions.iter().find(|(id, _)| id == &c.approval_id)
-                && let Some(decider) = &run.decider
-            {
-                if !decider.may_decide(&a.role) {
-                    return Err(Error::Forbidden(format!(
-                        "deciding approval {} needs the role `{}`, which {} does not hold",
-                        c.approval_id, a.role, decider.id
-                    )));
-                }
-                if !matches!(d.decision, ApprovalDecision::Approve | ApprovalDecision::Deny) {
-                    return Err(Error::InvalidDecision("a carried call is approved or denied".into()));
-                }
-            }
-        }
-        // A run must be able to start: its agent version must exist.
-        if let Some(a) = &run.agent {
-            self.agent_spec(tenant, &a.name, a.version).await?;
-        }
-        let store = &self.inner.store;
-        let actor = Actor::principal(principal);
-        let run_id = RunId::new();
-        for attempt in 0..MAX_CAS_ATTEMPTS {
-            let session = store.get_session(tenant, session_id).await?;
-            if let Some(expected) = run.expected_head
-                && expected != session.head_seq
-            {
-                return Err(Error::HeadMoved { session: *session_id, expected, actual: session.head_seq });
-            }
-            let agent = self.agent_spec(tenant, &session.agent, session.agent_version).await?;
-            let active = store.active_runs(tenant, session_id).await?;
-            let mut events = Vec::new();
-            match agent.concurrency {
-                ConcurrencyPolicy::Reject => {
-                    if let Some(r) = active.first() {
-                        return Err(Error::SessionBusy { session: *session_id, run: r.id });
-                    }
-                }
-                ConcurrencyPolicy::Enqueue => {}
-                ConcurrencyPolicy::Interrupt => {
-                    for r in &active {
-                        if r.state.cancel_requested.is_some() && r.lease.is_some() {
-                            continue; // already on its way out
-                        }
-                        events.push(NewEvent {
-                            run_id: Some(r.id),
-                            actor: actor.clone(),
-                            body: cancel_body(r, &format!("interrupted by new input (run {run_id})")),
-                        });
-                    }
-                }
-            }
-            events.push(NewEvent {
-                run_id: Some(run_id),
-                actor: actor.clone(),
-                body: EventBody::RunCreated {
-                    input: run.input.clone(),
-                    agent: run.agent.clone(),
-                    carried: run.carried.clone(),
-                    metadata: run.metadata.clone(),
-                },
-            });
-            for (approval_id, d) in &run.decisions {
-                let call = run.carried.iter().find(|c| &c.approval_id == approval_id).expect("checked above");
-                events.push(NewEvent {
-                    run_id: Some(run_id),
-                    actor: actor.clone(),
-                    body: EventBody::ApprovalDecided {
-                        approval_id: *approval_id,
-                        call_id: call.call.id.clone(),
-                        decision: d.decision,
-                        decided_by: actor.0.clone(),
-                        reason: d.reason.clone(),
-                        arguments: d.arguments.as_ref().map(|a| a.to_string()),
-                        output: d.output.clone(),
-                    },
-                });
-            }
-            let req = AppendRequest {
-                tenant_id: tenant.clone(),
-                session_id: *session_id,
-                expected_head: session.head_seq,
-                events,
-                fence: None,
-            };
-            match store.append(req).await {
-                Ok(_) => return Ok(store.get_run(tenant, &run_id).await?),
-                Err(stead_store::Error::Conflict { actual, .. }) => {
-                    if let Some(expected) = run.expected_head {
-                        return Err(Error::HeadMoved { session: *session_id, expected, actual });
-                    }
-                }
-                // A carried approval that can't move (decided, expired, taken) is the caller's
-                // mistake, not a race to retry.
-                Err(stead_store::Error::InvalidTransition { reason, .. }) if !run.carried.is_empty() => {
-                    return Err(Error::InvalidInput(reason));
-                }
-                Err(stead_store::Error::InvalidTransition { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-            backoff(attempt).await;
-        }
-        Err(Error::Contention(session_id.to_string()))
-    }
-
     /// Adds messages to a session's conversation outside any run (e.g. conversation items);
     /// returns the committed event.
     pub async fn add_items(
@@ -663,6 +482,7 @@ impl Engine {
             expected_head: session.head_seq,
             events: vec![NewEvent { run_id, actor: Actor::principal(principal), body }],
             fence: None,
+            idempotency: None,
         };
         match self.inner.store.append(req).await {
             Ok(mut events) => Ok(Some(events.remove(0))),
@@ -759,6 +579,7 @@ impl Engine {
                 expected_head: session.head_seq,
                 events,
                 fence: None,
+                idempotency: None,
             };
             if self.append_unfenced(req).await? {
                 return Ok(store.get_run(tenant, run_id).await?);
@@ -887,6 +708,7 @@ impl Engine {
                     },
                 }],
                 fence: None,
+                idempotency: None,
             };
             // Someone appended first (maybe a decision): read again and re-check.
             if self.append_unfenced(req).await? {
@@ -923,6 +745,7 @@ impl Engine {
                         },
                     }],
                     fence: None,
+                    idempotency: None,
                 };
                 match store.append(req).await {
                     Ok(_) => {

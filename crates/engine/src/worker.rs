@@ -235,6 +235,7 @@ async fn fail_panicked_run(engine: &Engine, tenant: &TenantId, session_id: Sessi
                 body: EventBody::RunFailed { error: error.clone() },
             }],
             fence: Some(Fence { run_id, token, extend_lease: options.lease }),
+            idempotency: None,
         };
         match store.append(req).await {
             // A finished run keeps no lease.
@@ -626,6 +627,7 @@ impl RunDriver {
                     .map(|b| NewEvent { run_id: Some(self.run_id), actor: self.actor.clone(), body: b.clone() })
                     .collect(),
                 fence: Some(Fence { run_id: self.run_id, token: self.token, extend_lease: lease }),
+                idempotency: None,
             };
             match store.append(req).await {
                 Ok(events) => {

@@ -15,7 +15,7 @@ use stead_core::event::{AgentRef, ApprovalDecision, CarriedCall, Event, EventBod
 use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::message::{Message, ToolCall};
 use stead_core::run::RunStatus;
-use stead_engine::{Decider, DecisionInput, RunInput};
+use stead_engine::{Decider, DecisionInput, RunInput, SessionWithRun};
 use stead_store::RunRecord;
 
 use crate::error::{OaiError, OaiResult, parse_body, respond};
@@ -405,7 +405,7 @@ async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResul
     let background = req.background.unwrap_or(false);
     let stream = req.stream.unwrap_or(false);
 
-    let base = resolve_base(&st, &p, &req, store_it).await?;
+    let mut base = resolve_base(&st, &p, &req, store_it).await?;
     let open = base.prev.as_ref().map(|prev| open_items(prev, &base.prev_events));
     let names = open.as_ref().map(|o| o.names.clone()).unwrap_or_default();
     let parsed: ParsedInput = parse_input(req.input.as_ref(), &names)?;
@@ -522,37 +522,41 @@ async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResul
         metadata: meta,
         expected_head: base.expected_head,
         decider: Some(Decider { id: p.id.clone(), roles: p.roles.clone() }),
+        idempotency: stead_api::idempotency(&headers, "POST /v1/responses", &body)?,
     };
     // Subscribe before the run exists, so a stream misses nothing.
     let commits = st.engine.store().subscribe();
     let deltas = st.engine.subscribe_deltas();
-    let (session_id, created_here) = match base.session {
-        Some(s) => (s, false),
-        None => (new_session(&st, &p, &agent_ref, &base.seed, store_it).await?, true),
+    let kind = if store_it { "responses" } else { "unstored" };
+    let new_session = |seed: Vec<Message>, run: RunInput| SessionWithRun {
+        agent: agent_ref.clone(),
+        metadata: json!({ SESSION_KIND: kind }),
+        seed,
+        run,
     };
-    let run = match st.engine.create_run_with(&p.tenant, &p.id, &session_id, run_input.clone()).await {
-        Ok(r) => r,
-        // The previous response's session moved on between our look and our write: branch.
-        Err(stead_engine::Error::HeadMoved { .. }) => {
-            let prev = base.prev.as_ref().expect("expected_head is set only when continuing a run");
-            if !run_input.carried.is_empty() {
-                return Err(OaiError::invalid(
-                    "previous_response_id",
-                    "approval_already_continued",
-                    "Another response continued this one at the same time; its approval requests were answered there.",
-                ));
-            }
-            let seed = history_until(&st, prev).await?;
-            let s = new_session(&st, &p, &agent_ref, &seed, store_it).await?;
-            run_input.expected_head = None;
-            st.engine.create_run_with(&p.tenant, &p.id, &s, run_input).await?
+    let run = match base.session {
+        None => {
+            let seed = std::mem::take(&mut base.seed);
+            st.engine.create_session_with_run(&p.tenant, &p.id, new_session(seed, run_input)).await?
         }
-        Err(e) => {
-            if created_here {
-                let _ = st.engine.store().delete_session(&p.tenant, &session_id).await;
+        Some(session_id) => match st.engine.create_run_with(&p.tenant, &p.id, &session_id, run_input.clone()).await {
+            Ok(r) => r,
+            // The previous response's session moved on between our look and our write: branch.
+            Err(stead_engine::Error::HeadMoved { .. }) => {
+                let prev = base.prev.as_ref().expect("expected_head is set only when continuing a run");
+                if !run_input.carried.is_empty() {
+                    return Err(OaiError::invalid(
+                        "previous_response_id",
+                        "approval_already_continued",
+                        "Another response continued this one at the same time; its approval requests were answered there.",
+                    ));
+                }
+                let seed = history_until(&st, prev).await?;
+                run_input.expected_head = None;
+                st.engine.create_session_with_run(&p.tenant, &p.id, new_session(seed, run_input)).await?
             }
-            return Err(e.into());
-        }
+            Err(e) => return Err(e.into()),
+        },
     };
     let cleanup = (!store_it).then_some(run.session_id);
     if !held.is_empty() {
@@ -578,38 +582,6 @@ async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResul
         delete_unstored(&st, &p.tenant, &s).await;
     }
     Ok(Json(obj).into_response())
-}
-
-/// A new session for a response (seeded with a branch's history).
-async fn new_session(
-    st: &OaiState,
-    p: &Principal,
-    agent: &AgentRef,
-    seed: &[Message],
-    store_it: bool,
-) -> OaiResult<SessionId> {
-    let kind = if store_it { "responses" } else { "unstored" };
-    let session = st
-        .engine
-        .create_session(&p.tenant, &p.id, &agent.name, Some(agent.version), json!({ SESSION_KIND: kind }))
-        .await?;
-    // In pieces that each fit the input limit.
-    let limit = st.engine.options().max_input_bytes.max(1);
-    let mut chunk: Vec<Message> = Vec::new();
-    let mut bytes = 0;
-    for m in seed {
-        let size = serde_json::to_string(m).map(|s| s.len()).unwrap_or(0);
-        if !chunk.is_empty() && bytes + size > limit {
-            st.engine.add_items(&p.tenant, &p.id, &session.id, std::mem::take(&mut chunk)).await?;
-            bytes = 0;
-        }
-        bytes += size;
-        chunk.push(m.clone());
-    }
-    if !chunk.is_empty() {
-        st.engine.add_items(&p.tenant, &p.id, &session.id, chunk).await?;
-    }
-    Ok(session.id)
 }
 
 /// Erases an unstored response's session, waiting out the worker's lease if it still holds it.

@@ -25,8 +25,8 @@ use stead_core::event::Event;
 use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::time::Timestamp;
 use stead_store::{
-    AgentVersion, AppendRequest, ApprovalFilter, ApprovalRecord, Claim, Committed, Error, NewSession, Page, Result,
-    RunRecord, SessionRecord, Store,
+    AgentVersion, AppendRequest, ApprovalFilter, ApprovalRecord, Claim, Committed, Error, IdempotencyRecord,
+    NewSession, Page, Result, RunRecord, SessionRecord, Store,
 };
 use tokio::sync::broadcast;
 
@@ -172,6 +172,11 @@ impl Store for SqliteStore {
     async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> Result<()> {
         let (tenant, id) = (tenant.clone(), *id);
         self.write(move |conn, _| write::delete_session(conn, &tenant, &id)).await
+    }
+
+    async fn get_idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>> {
+        let (tenant, key) = (tenant.clone(), key.to_owned());
+        self.read(move |conn| write::idempotency_record(conn, &tenant, &key)).await
     }
 
     async fn append(&self, req: AppendRequest) -> Result<Vec<Event>> {

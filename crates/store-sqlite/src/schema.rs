@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_unfinished_index.sql"),
     include_str!("../migrations/0003_approvals.sql"),
+    include_str!("../migrations/0004_idempotency.sql"),
 ];
 
 /// How long a connection waits on a lock held by another connection (WAL recovery,

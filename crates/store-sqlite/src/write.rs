@@ -13,7 +13,10 @@ use stead_core::event::{Event, EventBody, NewEvent, SerializedBody, chain_hash_s
 use stead_core::ids::{AgentVersionId, RunId, SessionId, TenantId};
 use stead_core::run::{RunState, RunStatus};
 use stead_core::time::Timestamp;
-use stead_store::{AgentVersion, AppendRequest, Claim, Committed, Error, NewSession, Result, SessionRecord};
+use stead_store::{
+    AgentVersion, AppendRequest, Claim, Committed, Error, IdempotencyKey, IdempotencyRecord, NewSession, Result,
+    SessionRecord,
+};
 
 use crate::rows::{
     AGENT_COLUMNS, Cached, SESSION_COLUMNS, SqlResult, agent_from_row, corrupt, hash_bytes, json, run_by_pk,
@@ -162,7 +165,10 @@ fn check_session_limit(ctx: &WriteCtx, head: u64, adding: usize) -> Result<()> {
 }
 
 pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession) -> Written<(SessionRecord, Event)> {
-    let NewSession { tenant_id, id, agent, agent_version, metadata, first_event } = new;
+    let NewSession { tenant_id, id, agent, agent_version, metadata, first_event, then, idempotency } = new;
+    if let Some(key) = &idempotency {
+        check_idempotency(conn, &tenant_id, key)?;
+    }
     if !matches!(first_event.body, EventBody::SessionCreated { .. }) {
         return Err(malformed(&first_event, "cannot start a session (expected `session_created`)"));
     }
@@ -223,8 +229,103 @@ pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession)
         created_at: at,
         updated_at: at,
     };
-    let note = Committed { tenant_id, session_id: id, events: Arc::from(vec![event.clone()]), runs: Vec::new() };
-    Ok(((record, event), vec![note]))
+    let note = Committed {
+        tenant_id: tenant_id.clone(),
+        session_id: id,
+        events: Arc::from(vec![event.clone()]),
+        runs: Vec::new(),
+    };
+    let mut notes = vec![note];
+    let mut record = record;
+    let first_run = first_run_created(&then);
+    if !then.is_empty() {
+        let serialized = serialize_bodies(then.iter())?;
+        let req = AppendRequest {
+            tenant_id: tenant_id.clone(),
+            session_id: id,
+            expected_head: 1,
+            events: then,
+            fence: None,
+            idempotency: None,
+        };
+        let (events, more) = append(conn, ctx, req, serialized)?;
+        if let Some(last) = events.last() {
+            record.head_seq = last.seq;
+            record.head_hash = last.hash.clone();
+            record.updated_at = last.at;
+        }
+        notes.extend(more);
+    }
+    if let Some(key) = &idempotency {
+        claim_idempotency(conn, &tenant_id, key, pk, id, first_run)?;
+    }
+    Ok(((record, event), notes))
+}
+
+/// The run a batch of events creates first, if any: what an idempotency key remembers.
+fn first_run_created(events: &[NewEvent]) -> Option<RunId> {
+    events.iter().find(|e| matches!(e.body, EventBody::RunCreated { .. })).and_then(|e| e.run_id)
+}
+
+/// `IdempotencyKeyUsed` when the tenant's key is claimed and has not expired.
+fn check_idempotency(conn: &Connection, tenant: &TenantId, key: &IdempotencyKey) -> Result<()> {
+    match idempotency_record(conn, tenant, &key.key)? {
+        Some(record) => Err(Error::IdempotencyKeyUsed(Box::new(record))),
+        None => Ok(()),
+    }
+}
+
+/// An `idempotency_keys` row: fingerprint, session id, run id, created and expiry times.
+type IdempotencyRow = (String, Vec<u8>, Option<Vec<u8>>, i64, i64);
+
+/// The live claim of a tenant's idempotency key.
+pub(crate) fn idempotency_record(conn: &Connection, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>> {
+    let row: Option<IdempotencyRow> = conn
+        .row(
+            "SELECT fingerprint, session_id, run_id, created_at, expires_at FROM idempotency_keys \
+             WHERE tenant = ?1 AND key = ?2 AND expires_at > ?3",
+            params![tenant.as_str(), key, Timestamp::now().millis()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()
+        .sql()?;
+    let Some((fingerprint, session, run, created, expires)) = row else { return Ok(None) };
+    Ok(Some(IdempotencyRecord {
+        key: key.to_owned(),
+        fingerprint,
+        session_id: SessionId::from_bytes(crate::rows::id_bytes(&session, "session")?),
+        run_id: run.map(|r| crate::rows::id_bytes(&r, "run").map(RunId::from_bytes)).transpose()?,
+        created_at: crate::rows::time(created, "idempotency created_at")?,
+        expires_at: crate::rows::time(expires, "idempotency expires_at")?,
+    }))
+}
+
+/// Claims the key for what this write created (replacing an expired claim).
+fn claim_idempotency(
+    conn: &Connection,
+    tenant: &TenantId,
+    key: &IdempotencyKey,
+    session_pk: i64,
+    session: SessionId,
+    run: Option<RunId>,
+) -> Result<()> {
+    conn.exec(
+        "INSERT OR REPLACE INTO idempotency_keys \
+         (tenant, key, fingerprint, session_pk, session_id, run_id, created_at, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            tenant.as_str(),
+            key.key,
+            key.fingerprint,
+            session_pk,
+            &session.as_bytes()[..],
+            run.as_ref().map(|r| &r.as_bytes()[..]),
+            Timestamp::now().millis(),
+            key.expires_at.millis()
+        ],
+    )
+    .sql()?;
+    Ok(())
 }
 
 /// A run touched by an append: its state before (None if created here) and after.
@@ -292,7 +393,10 @@ pub(crate) fn append(
     req: AppendRequest,
     serialized: Vec<SerializedBody>,
 ) -> Written<Vec<Event>> {
-    let AppendRequest { tenant_id, session_id, expected_head, events, fence } = req;
+    let AppendRequest { tenant_id, session_id, expected_head, events, fence, idempotency } = req;
+    if let Some(key) = &idempotency {
+        check_idempotency(conn, &tenant_id, key)?;
+    }
     let (pk, head_seq, head_hash, head_at): (i64, i64, Vec<u8>, i64) = conn
         .row(
             "SELECT pk, head_seq, head_hash, updated_at FROM sessions WHERE id = ?1 AND tenant = ?2",
@@ -408,6 +512,10 @@ pub(crate) fn append(
         params![to_i64(last), &prev[..], at.millis(), pk],
     )
     .sql()?;
+    if let Some(key) = &idempotency {
+        let run = committed.iter().find(|e| matches!(e.body, EventBody::RunCreated { .. })).and_then(|e| e.run_id);
+        claim_idempotency(conn, &tenant_id, key, pk, session_id, run)?;
+    }
     let note = Committed { tenant_id, session_id, events: Arc::from(committed.clone()), runs: changed };
     Ok((committed, vec![note]))
 }
@@ -551,6 +659,7 @@ pub(crate) fn delete_session(conn: &Connection, tenant: &TenantId, id: &SessionI
     conn.exec("DELETE FROM events WHERE session_pk = ?1", [pk]).sql()?;
     conn.exec("DELETE FROM runs WHERE session_pk = ?1", [pk]).sql()?;
     conn.exec("DELETE FROM approvals WHERE session_pk = ?1", [pk]).sql()?;
+    conn.exec("DELETE FROM idempotency_keys WHERE session_pk = ?1", [pk]).sql()?;
     conn.exec("DELETE FROM sessions WHERE pk = ?1", [pk]).sql()?;
     Ok(((), Vec::new()))
 }

@@ -39,6 +39,8 @@ async fn new_session(store: &SqliteStore) -> SessionId {
             agent_version: 1,
             metadata: json!({}),
             first_event,
+            then: Vec::new(),
+            idempotency: None,
         })
         .await
         .expect("create session");
@@ -100,7 +102,14 @@ fn completed(run: RunId, call: &str, output: &str) -> NewEvent {
 async fn append(store: &SqliteStore, session: SessionId, events: Vec<NewEvent>) -> Vec<Event> {
     let head = store.get_session(&tenant(), &session).await.expect("get session").head_seq;
     store
-        .append(AppendRequest { tenant_id: tenant(), session_id: session, expected_head: head, events, fence: None })
+        .append(AppendRequest {
+            tenant_id: tenant(),
+            session_id: session,
+            expected_head: head,
+            events,
+            fence: None,
+            idempotency: None,
+        })
         .await
         .expect("append")
 }
@@ -167,6 +176,7 @@ async fn reopening_keeps_everything_and_frees_leases() {
             expected_head: session.head_seq,
             events: vec![completed(run, "call_9", "x")],
             fence: Some(Fence { run_id: run, token, extend_lease: LONG }),
+            idempotency: None,
         })
         .await;
     assert!(matches!(stale, Err(Error::Fenced { .. })), "{stale:?}");
@@ -407,6 +417,7 @@ async fn rows_edited_behind_steads_back_break_the_chain() {
             expected_head: head,
             events: vec![responded(run, None, Some("x"))],
             fence: None,
+            idempotency: None,
         })
         .await;
     assert!(matches!(refused, Err(Error::Corrupt(_))), "{refused:?}");
@@ -436,6 +447,7 @@ async fn concurrent_appends_share_commits() {
                     expected_head: 1,
                     events: vec![run_created(run, "go")],
                     fence: None,
+                    idempotency: None,
                 })
                 .await
         });
@@ -477,7 +489,14 @@ async fn a_failing_write_does_not_spoil_its_group() {
             if i == 12 {
                 events.push(completed(run, "nope", "x"));
             }
-            let req = AppendRequest { tenant_id: tenant(), session_id: s, expected_head: 1, events, fence: None };
+            let req = AppendRequest {
+                tenant_id: tenant(),
+                session_id: s,
+                expected_head: 1,
+                events,
+                fence: None,
+                idempotency: None,
+            };
             (s, store.append(req).await)
         });
     }

@@ -38,8 +38,8 @@ use stead_core::time::Timestamp;
 use tokio::task::JoinSet;
 
 use crate::{
-    AppendRequest, ApprovalFilter, ApprovalRecord, Committed, Error, Fence, NewSession, Page, RunRecord, SessionRecord,
-    Store,
+    AppendRequest, ApprovalFilter, ApprovalRecord, Committed, Error, Fence, IdempotencyKey, NewSession, Page,
+    RunRecord, SessionRecord, Store,
 };
 
 /// The limits a case needs its store to enforce.
@@ -118,6 +118,9 @@ macro_rules! __conformance_cases {
             only_open_tool_call_approvals_of_completed_runs_move,
             only_finished_runs_are_deleted,
             added_items_are_in_the_message_window,
+            sessions_are_created_with_their_first_run_atomically,
+            idempotency_keys_return_what_the_first_write_created,
+            idempotency_keys_expire_are_tenant_scoped_and_go_with_their_session,
         );
     };
 }
@@ -190,8 +193,16 @@ async fn new_session_with(
         actor: Actor::principal("alice"),
         body: EventBody::SessionCreated { agent: "helper".into(), agent_version: 1, metadata: metadata.clone() },
     };
-    let new =
-        NewSession { tenant_id: tenant.clone(), id, agent: "helper".into(), agent_version: 1, metadata, first_event };
+    let new = NewSession {
+        tenant_id: tenant.clone(),
+        id,
+        agent: "helper".into(),
+        agent_version: 1,
+        metadata,
+        first_event,
+        then: Vec::new(),
+        idempotency: None,
+    };
     store.create_session(new).await.map(|(s, _)| s)
 }
 
@@ -405,7 +416,7 @@ fn append_req(
     events: Vec<NewEvent>,
     fence: Option<Fence>,
 ) -> AppendRequest {
-    AppendRequest { tenant_id: tenant.clone(), session_id: session, expected_head, events, fence }
+    AppendRequest { tenant_id: tenant.clone(), session_id: session, expected_head, events, fence, idempotency: None }
 }
 
 async fn head(store: &dyn Store, tenant: &TenantId, session: SessionId) -> u64 {
@@ -550,6 +561,8 @@ pub async fn sessions_are_created_read_and_listed(make: &impl MakeStore) {
             agent_version: 1,
             metadata: json!({"k": "v"}),
             first_event: first.clone(),
+            then: Vec::new(),
+            idempotency: None,
         })
         .await
         .expect("create session");
@@ -2384,4 +2397,158 @@ pub async fn added_items_are_in_the_message_window(make: &impl MakeStore) {
     assert!(!window.iter().any(|e| matches!(e.body, EventBody::SessionUpdated { .. } | EventBody::RunDeleted {})));
     assert_eq!(store.read_message_window(&t, &s, added.seq, 1).await.expect("window"), vec![added.clone()]);
     assert_eq!(store.read_message_window(&t, &s, h, 2).await.expect("window"), want[3..].to_vec());
+}
+
+// ---------------------------------------------------------------------------------------
+// Sessions created with their first run; idempotency keys.
+
+fn key(name: &str, fingerprint: &str, ttl: Duration) -> IdempotencyKey {
+    IdempotencyKey { key: name.into(), fingerprint: fingerprint.into(), expires_at: Timestamp::now().plus(ttl) }
+}
+
+fn session_with(tenant: &TenantId, then: Vec<NewEvent>, idempotency: Option<IdempotencyKey>) -> NewSession {
+    NewSession {
+        tenant_id: tenant.clone(),
+        id: SessionId::new(),
+        agent: "helper".into(),
+        agent_version: 1,
+        metadata: json!({"k": "v"}),
+        first_event: session_created(),
+        then,
+        idempotency,
+    }
+}
+
+fn used(r: crate::Result<impl std::fmt::Debug>, what: &str) -> crate::IdempotencyRecord {
+    match r {
+        Err(Error::IdempotencyKeyUsed(rec)) => *rec,
+        other => panic!("{what}: expected IdempotencyKeyUsed, got {other:?}"),
+    }
+}
+
+/// A session created with seed items and its first run holds them all, the run projection
+/// included; one bad event in `then` leaves no session at all (never an empty one).
+pub async fn sessions_are_created_with_their_first_run_atomically(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = fx.store.as_ref();
+    let t = tenant_a();
+    let run = RunId::new();
+    let seed = session_event(EventBody::ItemsAdded { items: vec![Message::User { content: "earlier".into() }] });
+    let new = session_with(&t, vec![seed, run_created(run, "go")], None);
+    let id = new.id;
+    let (record, first) = store.create_session(new).await.expect("session with run");
+    assert_eq!(first.seq, 1);
+    assert_eq!(record.head_seq, 3, "the record reports the head after every event");
+    let log = verified_log(store, &t, id).await;
+    assert_eq!(log.len(), 3);
+    assert_eq!(store.get_session(&t, &id).await.expect("session").head_seq, 3);
+    let r = store.get_run(&t, &run).await.expect("the run's projection");
+    assert_eq!(r.status(), RunStatus::Queued);
+    assert_eq!(r.state.created_seq, 3);
+
+    // A run event for a run that does not exist: nothing of it, not even the session.
+    let bad = session_with(&t, vec![run_created(RunId::new(), "ok"), tool_started(RunId::new(), "c", "x")], None);
+    let bad_id = bad.id;
+    let refused = store.create_session(bad).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_not_found(store.get_session(&t, &bad_id).await, "a session whose later events were refused");
+    let sessions = store.list_sessions(&t, &Page { after: None, limit: 100 }).await.expect("list");
+    assert_eq!(sessions.len(), 1, "only the good session exists");
+}
+
+/// A key claimed by an append or a session create answers every later claim with what that
+/// write created — before the head is even compared, so a retry finds it after the head moved —
+/// and the refused write leaves nothing behind. `get_idempotency` reads the same record.
+pub async fn idempotency_keys_return_what_the_first_write_created(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = fx.store.as_ref();
+    let t = tenant_a();
+    let s = new_session(store, &t).await;
+    let first = RunId::new();
+    let mut req = append_req(&t, s.id, 1, vec![run_created(first, "go")], None);
+    req.idempotency = Some(key("k1", "fp-1", LONG));
+    store.append(req).await.expect("first append claims the key");
+    let rec = store.get_idempotency(&t, "k1").await.expect("read").expect("claimed");
+    assert_eq!((rec.session_id, rec.run_id, rec.fingerprint.as_str()), (s.id, Some(first), "fp-1"));
+    assert!(rec.expires_at > rec.created_at);
+
+    let before = snapshot(store, &t, s.id).await;
+    // The retry saw the old head: still the key's answer, not a conflict.
+    let mut retry = append_req(&t, s.id, 1, vec![run_created(RunId::new(), "go")], None);
+    retry.idempotency = Some(key("k1", "fp-1", LONG));
+    let rec = used(store.append(retry).await, "a retry at the old head");
+    assert_eq!(rec.run_id, Some(first));
+    // Another request under the same key gets the same record (the caller compares fingerprints).
+    let mut other = append_req(&t, s.id, head(store, &t, s.id).await, vec![run_created(RunId::new(), "x")], None);
+    other.idempotency = Some(key("k1", "fp-2", LONG));
+    assert_eq!(used(store.append(other).await, "another request").fingerprint, "fp-1");
+    // A session create under a used key makes no session.
+    let new = session_with(&t, vec![run_created(RunId::new(), "y")], Some(key("k1", "fp-3", LONG)));
+    let new_id = new.id;
+    used(store.create_session(new).await, "a session create under a used key");
+    assert_not_found(store.get_session(&t, &new_id).await, "the refused session");
+    assert_eq!(snapshot(store, &t, s.id).await, before, "refused writes left nothing");
+
+    // A session create claims a key for its session and first run.
+    let run = RunId::new();
+    let new = session_with(&t, vec![run_created(run, "z")], Some(key("k2", "fp-z", LONG)));
+    let sid = new.id;
+    store.create_session(new).await.expect("session claims k2");
+    let retry = session_with(&t, vec![run_created(RunId::new(), "z")], Some(key("k2", "fp-z", LONG)));
+    let rec = used(store.create_session(retry).await, "a retried session create");
+    assert_eq!((rec.session_id, rec.run_id), (sid, Some(run)));
+    // A session created without a run remembers no run.
+    store.create_session(session_with(&t, Vec::new(), Some(key("k3", "fp", LONG)))).await.expect("k3");
+    assert_eq!(store.get_idempotency(&t, "k3").await.expect("read").expect("k3").run_id, None);
+    assert!(store.get_idempotency(&t, "never").await.expect("read").is_none());
+}
+
+/// Keys are per tenant, an expired claim may be made anew, and deleting a session forgets
+/// the keys that named it.
+pub async fn idempotency_keys_expire_are_tenant_scoped_and_go_with_their_session(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = fx.store.as_ref();
+    let (a, b) = (tenant_a(), tenant_b());
+    let sa = new_session(store, &a).await;
+    let sb = new_session(store, &b).await;
+    let mut req = append_req(&a, sa.id, 1, vec![run_created(RunId::new(), "a")], None);
+    req.idempotency = Some(key("shared", "fp", LONG));
+    store.append(req).await.expect("tenant a claims");
+    assert!(store.get_idempotency(&b, "shared").await.expect("read").is_none(), "keys are per tenant");
+    let rb = RunId::new();
+    let mut req = append_req(&b, sb.id, 1, vec![run_created(rb, "b")], None);
+    req.idempotency = Some(key("shared", "fp", LONG));
+    store.append(req).await.expect("tenant b claims the same key for itself");
+    assert_eq!(store.get_idempotency(&b, "shared").await.expect("read").expect("b's").run_id, Some(rb));
+
+    // A claim that has expired is neither reported nor in the way.
+    let mut req = append_req(
+        &a,
+        sa.id,
+        head(store, &a, sa.id).await,
+        vec![session_event(EventBody::ItemsAdded { items: vec![Message::User { content: "x".into() }] })],
+        None,
+    );
+    req.idempotency = Some(IdempotencyKey {
+        key: "old".into(),
+        fingerprint: "fp".into(),
+        expires_at: Timestamp::now().plus(Duration::from_millis(50)),
+    });
+    store.append(req).await.expect("short claim");
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(store.get_idempotency(&a, "old").await.expect("read").is_none(), "expired");
+    let renewed = RunId::new();
+    let mut req = append_req(&a, sa.id, head(store, &a, sa.id).await, vec![run_created(renewed, "again")], None);
+    req.idempotency = Some(key("old", "fp-new", LONG));
+    store.append(req).await.expect("an expired key is claimed anew");
+    assert_eq!(store.get_idempotency(&a, "old").await.expect("read").expect("new").run_id, Some(renewed));
+
+    // Deleting tenant a's session forgets its keys, not tenant b's.
+    for r in store.active_runs(&a, &sa.id).await.expect("runs") {
+        push(store, &a, sa.id, vec![cancel_requested(r.id, "done")]).await;
+    }
+    store.delete_session(&a, &sa.id).await.expect("delete");
+    assert!(store.get_idempotency(&a, "shared").await.expect("read").is_none());
+    assert!(store.get_idempotency(&a, "old").await.expect("read").is_none());
+    assert!(store.get_idempotency(&b, "shared").await.expect("read").is_some());
 }

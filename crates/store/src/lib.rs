@@ -49,6 +49,10 @@ pub enum Error {
     Unavailable(String),
     #[error("storage error: {0}")]
     Backend(String),
+    /// The idempotency key is claimed (and not expired) by an earlier write: nothing was
+    /// written; the record says what that write created.
+    #[error("idempotency key already used")]
+    IdempotencyKeyUsed(Box<IdempotencyRecord>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -114,6 +118,37 @@ pub struct NewSession {
     pub metadata: serde_json::Value,
     /// The `session_created` event, appended as sequence 1.
     pub first_event: NewEvent,
+    /// Events appended right after it in the same transaction (seed items, the first run):
+    /// a crash leaves either all of them or no session at all.
+    pub then: Vec<NewEvent>,
+    /// Claims an idempotency key with the session (see [`IdempotencyKey`]).
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// A client's idempotency key for a create (`Idempotency-Key` header). The store claims it in
+/// the same transaction as the write it comes with and remembers what that write created, so a
+/// retried request finds the first one's result instead of creating a second.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The client's key, unique per tenant (1..=255 visible ASCII bytes; checked by the caller).
+    pub key: String,
+    /// What the request was (a hash of its method, path and body), so that reusing a key for a
+    /// different request is told apart from a retry.
+    pub fingerprint: String,
+    /// Until when the claim holds; after that the key may be claimed anew.
+    pub expires_at: Timestamp,
+}
+
+/// A claimed idempotency key: what the write that claimed it created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub fingerprint: String,
+    pub session_id: SessionId,
+    /// The first run created by that write, if it created one.
+    pub run_id: Option<RunId>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
 }
 
 /// Proof that the caller holds a run's lease.
@@ -132,6 +167,9 @@ pub struct AppendRequest {
     pub expected_head: u64,
     pub events: Vec<NewEvent>,
     pub fence: Option<Fence>,
+    /// Claims an idempotency key with this append; checked before the head, so a retry whose
+    /// first attempt moved the head still finds it.
+    pub idempotency: Option<IdempotencyKey>,
 }
 
 /// A run handed to a worker.
@@ -226,6 +264,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_sessions(&self, tenant: &TenantId, page: &Page) -> Result<Vec<SessionRecord>>;
     /// Deletes the session, its events and runs. Refused while a run is claimed.
     async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> Result<()>;
+
+    /// The live (unexpired) claim of a tenant's idempotency key, if any.
+    async fn get_idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>>;
 
     // The log.
     /// Compare-and-append; see the crate docs for the guarantees.
