@@ -785,3 +785,30 @@ async fn the_model_api_key_never_reaches_the_log() {
     assert!(!stead.stderr().contains(MOCK_KEY), "the key leaked into the server's output:\n{}", stead.stderr());
     assert_eq!(mock.count(), 2);
 }
+
+/// A run create retried with its `Idempotency-Key` (its answer lost) returns the first run, even
+/// while that run keeps a `reject` session busy; the key for other input is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_run_create_returns_the_first_run() {
+    let stead = Options::new().start().await;
+    stead.apply_agent(&scripted_agent("once", "concurrency: reject\n")).await;
+    let session = stead.create_session("once").await;
+    let path = format!("/v1/sessions/{session}/runs");
+    let create = |key: &'static str, input: &'static str| {
+        stead.send(stead.req(Method::POST, &path).header("Idempotency-Key", key).json(&json!({"input": input})))
+    };
+    let first = create("run-key-1", "call ask").await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let run = first.body["id"].as_str().unwrap().to_owned();
+    stead.wait_run(&run, "requires_action").await;
+    let retry = create("run-key-1", "call ask").await;
+    assert_eq!((retry.status, retry.body["id"].as_str()), (201, Some(run.as_str())), "{}", retry.text);
+    let other = create("run-key-1", "call echo").await;
+    assert_eq!((other.status, other.code()), (422, "idempotency_key_reused"), "{}", other.text);
+    let bad = create("", "call ask").await;
+    assert_eq!((bad.status, bad.code()), (400, "invalid_idempotency_key"), "{}", bad.text);
+    // The control: without the key, the busy session refuses a second run.
+    let unkeyed = stead.post(&path, &json!({"input": "call ask"})).await;
+    assert_eq!((unkeyed.status, unkeyed.code()), (409, "session_busy"), "{}", unkeyed.text);
+    assert_eq!(stead.runs_of(&session).await.len(), 1, "one run for one request");
+}

@@ -1392,3 +1392,79 @@ async fn streamed_chat_completion_deltas_add_up_to_the_text() {
     assert_eq!(content.len(), want.len(), "the deltas carry {} of {} bytes", content.len(), want.len());
     assert_eq!(content, want);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency-Key: a retried create whose answer was lost returns the first response
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /v1/responses` with an `Idempotency-Key` header.
+async fn respond_with_key(stead: &Stead, key: &str, body: &Value) -> Resp {
+    stead.send(stead.req(Method::POST, "/v1/responses").header("Idempotency-Key", key).json(body)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_lost_answer_returns_the_first_response() {
+    let mut opts = Options::new().fault("before_model_call");
+    for a in route("scripted*=scripted") {
+        opts = opts.arg(a);
+    }
+    let mut stead = opts.start().await;
+    let body = json!({"model": "scripted", "input": "hello once"});
+    // The first attempt: the server dies with the run created and claimed, before its answer.
+    let first = {
+        let req = stead.req(Method::POST, "/v1/responses").header("Idempotency-Key", "retry-1").json(&body);
+        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+    };
+    let paused = stead.wait_paused("before_model_call").await;
+    stead.kill9();
+    assert!(first.await.unwrap().is_err(), "the client never got the first answer");
+    stead.restart(None).await;
+
+    // The SDK retries with the same key and body: the same response, finished by the new process.
+    let r = respond_with_key(&stead, "retry-1", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(run_id(&id_of(&r.body)), paused, "the retry answers with the first run");
+    let done = wait_response(&stead, &id_of(&r.body), "completed", TIMEOUT).await;
+    assert_eq!(output_text(&done), "echo: hello once");
+    let again = respond_with_key(&stead, "retry-1", &body).await;
+    assert_eq!((again.status, id_of(&again.body)), (200, id_of(&r.body)), "{}", again.text);
+    let all = sessions(&stead).await;
+    assert_eq!(all.len(), 1, "one session for one request however often it is sent: {all:?}");
+    let runs = check_oai_session(&stead, all[0]["id"].as_str().unwrap()).await;
+    assert_eq!(runs.len(), 1, "one run");
+    assert_eq!(runs[&paused].of_type("model_responded").len(), 1, "the model answered once");
+
+    // The same key for another request is refused and stores nothing; so is a bad key.
+    let before = snapshot(&stead).await;
+    let other = respond_with_key(&stead, "retry-1", &json!({"model": "scripted", "input": "something else"})).await;
+    assert_openai_error(&other, 422, "a reused key");
+    assert_eq!(other.body["error"]["code"], "idempotency_key_reused", "{}", other.text);
+    let long = "k".repeat(256);
+    for bad in [long.as_str(), "with space"] {
+        let r = respond_with_key(&stead, bad, &body).await;
+        assert_openai_error(&r, 400, "a bad key");
+        assert_eq!(r.body["error"]["code"], "invalid_idempotency_key", "{}", r.text);
+    }
+    let twice = stead
+        .send(
+            stead
+                .req(Method::POST, "/v1/responses")
+                .header("Idempotency-Key", "a")
+                .header("Idempotency-Key", "b")
+                .json(&body),
+        )
+        .await;
+    assert_openai_error(&twice, 400, "two keys");
+    assert_eq!(snapshot(&stead).await, before, "refused requests stored nothing");
+
+    // Without a key, a resend is a new request (what happened to every retry before).
+    respond_ok(&stead, body.clone()).await;
+    assert_eq!(sessions(&stead).await.len(), 2);
+    // Continuing a response is idempotent too.
+    let cont = json!({"model": "scripted", "input": "and again", "previous_response_id": id_of(&r.body)});
+    let c1 = respond_with_key(&stead, "cont-1", &cont).await;
+    let c2 = respond_with_key(&stead, "cont-1", &cont).await;
+    assert_eq!((c1.status, c2.status), (200, 200), "{} {}", c1.text, c2.text);
+    assert_eq!(id_of(&c1.body), id_of(&c2.body));
+    assert_eq!(check_oai_session(&stead, all[0]["id"].as_str().unwrap()).await.len(), 2);
+}
