@@ -84,6 +84,26 @@ impl Default for EngineOptions {
     }
 }
 
+/// A checked agent spec with its tools built, not stored yet (see [`Engine::prepare_agent`]).
+pub struct PreparedAgent {
+    spec: AgentSpec,
+    tools: Arc<toolset::AgentTools>,
+}
+
+impl PreparedAgent {
+    pub fn spec(&self) -> &AgentSpec {
+        &self.spec
+    }
+    /// The tools the model would be offered.
+    pub fn defs(&self) -> Vec<stead_core::message::ToolDef> {
+        self.tools.defs()
+    }
+    /// What kept some tools from being built (e.g. an MCP server that did not answer).
+    pub fn problems(&self) -> &[String] {
+        &self.tools.problems
+    }
+}
+
 /// A piece of model output as it streams; not stored (the recorded response is the truth).
 #[derive(Clone, Debug, Serialize)]
 pub struct Delta {
@@ -273,7 +293,35 @@ impl Engine {
     /// Parses, validates and stores an agent spec as a new version (or returns the latest
     /// version unchanged when the spec is identical).
     pub async fn apply_agent(&self, tenant: &TenantId, text: &str, format: SpecFormat) -> Result<(AgentVersion, bool)> {
-        // Parsing is CPU work that grows with the text: keep it off the async threads.
+        let spec = self.checked_spec(tenant, text, format).await?;
+        Ok(self.inner.store.put_agent(tenant, &spec).await?)
+    }
+
+    /// Parses and checks a spec (tools, grants) and builds its tools — connecting to its MCP
+    /// servers — without storing anything, so a caller can refuse a spec whose tools are not
+    /// available before it becomes a version ([`Engine::store_prepared`] stores it).
+    pub async fn prepare_agent(&self, tenant: &TenantId, text: &str, format: SpecFormat) -> Result<PreparedAgent> {
+        let spec = self.checked_spec(tenant, text, format).await?;
+        let tools = Arc::new(toolset::AgentTools::build(&spec, &self.inner.tools, &self.resolver(tenant)).await);
+        Ok(PreparedAgent { spec, tools })
+    }
+
+    /// Stores a prepared spec as the agent's next version (or finds it equal to the latest),
+    /// keeping its tools for the version when they are complete.
+    pub async fn store_prepared(&self, tenant: &TenantId, prepared: PreparedAgent) -> Result<(AgentVersion, bool)> {
+        let PreparedAgent { spec, tools } = prepared;
+        self.grants().check_spec(tenant, &spec)?;
+        let (version, created) = self.inner.store.put_agent(tenant, &spec).await?;
+        if tools.problems.is_empty() {
+            let key = (tenant.clone(), version.name.clone(), version.version);
+            self.inner.toolsets.lock().expect("toolset cache lock").entry(key).or_insert(tools);
+        }
+        Ok((version, created))
+    }
+
+    /// A spec parsed (off the async threads: the cost grows with the text) and checked
+    /// against the registered tools and the tenant's grants.
+    async fn checked_spec(&self, tenant: &TenantId, text: &str, format: SpecFormat) -> Result<AgentSpec> {
         let owned = text.to_owned();
         let spec = match tokio::task::spawn_blocking(move || AgentSpec::parse(&owned, format)).await {
             Ok(parsed) => parsed?,
@@ -281,7 +329,16 @@ impl Engine {
         };
         self.check_tools(&spec)?;
         self.grants().check_spec(tenant, &spec)?;
-        Ok(self.inner.store.put_agent(tenant, &spec).await?)
+        Ok(spec)
+    }
+
+    fn resolver<'a>(&'a self, tenant: &'a TenantId) -> toolset::Resolver<'a> {
+        toolset::Resolver {
+            tenant,
+            grants: &self.inner.options.grants,
+            held: &self.inner.held,
+            mcp_guard: self.inner.options.mcp_url_guard.clone(),
+        }
     }
 
     fn check_tools(&self, spec: &AgentSpec) -> Result<()> {
@@ -323,13 +380,7 @@ impl Engine {
         if let Some(t) = self.inner.toolsets.lock().expect("toolset cache lock").get(&key) {
             return t.clone();
         }
-        let resolver = toolset::Resolver {
-            tenant,
-            grants: &self.inner.options.grants,
-            held: &self.inner.held,
-            mcp_guard: self.inner.options.mcp_url_guard.clone(),
-        };
-        let built = Arc::new(toolset::AgentTools::build(spec, &self.inner.tools, &resolver).await);
+        let built = Arc::new(toolset::AgentTools::build(spec, &self.inner.tools, &self.resolver(tenant)).await);
         if built.problems.is_empty() {
             self.inner.toolsets.lock().expect("toolset cache lock").insert(key, built.clone());
         } else {

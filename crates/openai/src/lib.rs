@@ -127,6 +127,35 @@ pub(crate) async fn ensure_agent(
     }
 }
 
+/// An agent version with its tools, or why its tools are not available.
+pub(crate) enum WithTools {
+    Ready(AgentVersion, Vec<stead_core::message::ToolDef>),
+    /// Some tool could not be built (an MCP server that did not answer): nothing was stored.
+    Unavailable(Vec<String>),
+}
+
+/// Like [`ensure_agent`], but the spec's tools are built (its MCP servers asked) before a new
+/// version is stored: a request that fails on them leaves no agent version behind.
+pub(crate) async fn ensure_agent_with_tools(
+    st: &OaiState,
+    tenant: &TenantId,
+    spec_json: &str,
+) -> stead_engine::Result<WithTools> {
+    let spec = AgentSpec::parse(spec_json, SpecFormat::Json)?;
+    if let Ok(v) = st.engine.store().get_agent(tenant, &spec.name, None).await
+        && v.spec == spec
+    {
+        let (defs, problems) = st.engine.list_agent_tools(tenant, &v.name, Some(v.version)).await?;
+        return Ok(if problems.is_empty() { WithTools::Ready(v, defs) } else { WithTools::Unavailable(problems) });
+    }
+    let prepared = st.engine.prepare_agent(tenant, spec_json, SpecFormat::Json).await?;
+    if !prepared.problems().is_empty() {
+        return Ok(WithTools::Unavailable(prepared.problems().to_vec()));
+    }
+    let defs = prepared.defs();
+    Ok(WithTools::Ready(st.engine.store_prepared(tenant, prepared).await?.0, defs))
+}
+
 /// Deletes what `store: false` responses left behind when the process died before their
 /// answer was returned. Run at startup, before serving.
 pub async fn sweep_unstored(engine: &Engine, tenants: &[TenantId]) -> usize {

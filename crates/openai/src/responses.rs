@@ -470,24 +470,38 @@ async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResul
         return Err(OaiError::invalid("input", "missing_required_parameter", "Missing required parameter: 'input'."));
     }
 
-    let version = crate::ensure_agent(&st, &p.tenant, &agent.spec.to_string())
-        .await
-        .map_err(|e| OaiError::from(e).with_param("tools"))?;
+    // The MCP servers are asked for their tools now, before anything is stored: one that can't
+    // be reached fails the request (as OpenAI's 424), rather than a model that silently lacks
+    // its tools.
+    let spec_json = agent.spec.to_string();
+    let (version, defs) = if agent.mcp.is_empty() {
+        let v =
+            crate::ensure_agent(&st, &p.tenant, &spec_json).await.map_err(|e| OaiError::from(e).with_param("tools"))?;
+        (v, Vec::new())
+    } else {
+        match crate::ensure_agent_with_tools(&st, &p.tenant, &spec_json)
+            .await
+            .map_err(|e| OaiError::from(e).with_param("tools"))?
+        {
+            crate::WithTools::Ready(v, defs) => (v, defs),
+            crate::WithTools::Unavailable(problems) => {
+                let labels: Vec<&str> = agent.mcp.iter().map(|m| m.label.as_str()).collect();
+                return Err(OaiError::new(
+                    axum::http::StatusCode::FAILED_DEPENDENCY,
+                    "mcp_list_tools_failed",
+                    format!(
+                        "Error retrieving tool list from MCP server(s) {}: {}",
+                        labels.join(", "),
+                        problems.join("; ")
+                    ),
+                )
+                .with_param("tools"));
+            }
+        }
+    };
     let agent_ref = AgentRef { name: version.name.clone(), version: version.version };
-    // The MCP servers are asked for their tools now: one that can't be reached fails the
-    // request (as OpenAI's 424), rather than a model that silently lacks its tools.
     let mut list_tools = Vec::new();
     if !agent.mcp.is_empty() {
-        let (defs, problems) = st.engine.list_agent_tools(&p.tenant, &version.name, Some(version.version)).await?;
-        if !problems.is_empty() {
-            let labels: Vec<&str> = agent.mcp.iter().map(|m| m.label.as_str()).collect();
-            return Err(OaiError::new(
-                axum::http::StatusCode::FAILED_DEPENDENCY,
-                "mcp_list_tools_failed",
-                format!("Error retrieving tool list from MCP server(s) {}: {}", labels.join(", "), problems.join("; ")),
-            )
-            .with_param("tools"));
-        }
         // Listed once per chain of responses, like OpenAI: not again when the response this
         // one continues already listed that server.
         let listed = created_meta(&base.prev_events)["mcp_labels"].clone();

@@ -1468,3 +1468,23 @@ async fn a_retry_after_a_lost_answer_returns_the_first_response() {
     assert_eq!(id_of(&c1.body), id_of(&c2.body));
     assert_eq!(check_oai_session(&stead, all[0]["id"].as_str().unwrap()).await.len(), 2);
 }
+
+/// Issue 8 item 11: a request whose MCP server can't be reached fails with 424 and stores
+/// nothing — no agent version, no session — however often it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_mcp_server_fails_the_request_and_stores_no_agent() {
+    let stead = scripted_server(&[]).await;
+    let agents_before = stead.get_ok("/v1/agents").await;
+    let before = snapshot(&stead).await;
+    let body = json!({
+        "model": "scripted", "input": "hi",
+        "tools": [{"type": "mcp", "server_label": "gone", "server_url": "http://127.0.0.1:1/mcp", "require_approval": "never"}]
+    });
+    for _ in 0..2 {
+        let r = stead.post("/v1/responses", &body).await;
+        assert_openai_error(&r, 424, "unreachable MCP server");
+        assert_eq!(r.body["error"]["code"], "mcp_list_tools_failed", "{}", r.text);
+    }
+    assert_eq!(stead.get_ok("/v1/agents").await, agents_before, "a failed request stored an agent version");
+    assert_eq!(snapshot(&stead).await, before);
+}
