@@ -129,7 +129,7 @@ pub(crate) async fn ensure_agent(
 
 /// An agent version with its tools, or why its tools are not available.
 pub(crate) enum WithTools {
-    Ready(AgentVersion, Vec<stead_core::message::ToolDef>),
+    Ready(Box<AgentVersion>, Vec<stead_core::message::ToolDef>),
     /// Some tool could not be built (an MCP server that did not answer): nothing was stored.
     Unavailable(Vec<String>),
 }
@@ -146,14 +146,18 @@ pub(crate) async fn ensure_agent_with_tools(
         && v.spec == spec
     {
         let (defs, problems) = st.engine.list_agent_tools(tenant, &v.name, Some(v.version)).await?;
-        return Ok(if problems.is_empty() { WithTools::Ready(v, defs) } else { WithTools::Unavailable(problems) });
+        return Ok(if problems.is_empty() {
+            WithTools::Ready(Box::new(v), defs)
+        } else {
+            WithTools::Unavailable(problems)
+        });
     }
     let prepared = st.engine.prepare_agent(tenant, spec_json, SpecFormat::Json).await?;
     if !prepared.problems().is_empty() {
         return Ok(WithTools::Unavailable(prepared.problems().to_vec()));
     }
     let defs = prepared.defs();
-    Ok(WithTools::Ready(st.engine.store_prepared(tenant, prepared).await?.0, defs))
+    Ok(WithTools::Ready(Box::new(st.engine.store_prepared(tenant, prepared).await?.0), defs))
 }
 
 /// Deletes what `store: false` responses left behind when the process died before their

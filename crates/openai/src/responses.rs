@@ -483,7 +483,7 @@ async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResul
             .await
             .map_err(|e| OaiError::from(e).with_param("tools"))?
         {
-            crate::WithTools::Ready(v, defs) => (v, defs),
+            crate::WithTools::Ready(v, defs) => (*v, defs),
             crate::WithTools::Unavailable(problems) => {
                 let labels: Vec<&str> = agent.mcp.iter().map(|m| m.label.as_str()).collect();
                 return Err(OaiError::new(
