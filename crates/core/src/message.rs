@@ -15,20 +15,28 @@ pub struct ToolCall {
 /// they are sent back; other providers send up to ~50).
 pub const MAX_CALL_ID_LEN: usize = 64;
 
-/// Gives every call of one model answer an id that is unique in its session, before the answer
-/// is recorded: results, approvals and the context find a call by its id. The provider's id is
-/// kept when it is usable — not empty (wire formats leave it empty when the provider sent
-/// none), at most [`MAX_CALL_ID_LEN`] bytes of `[A-Za-z0-9_-]` (what Anthropic accepts), and not already taken by an
-/// earlier call of the same answer. Any other call gets `call_<run>_<step>_<index>` (the run
-/// part is the random half of the run id), a pure function of what is recorded, so the
-/// provider sees the same ids in the history that is sent back to it.
-pub fn with_unique_ids(mut calls: Vec<ToolCall>, run: &crate::ids::RunId, step: u32) -> Vec<ToolCall> {
+/// Gives every call of one model answer an id that is unique in what the model sees, before the
+/// answer is recorded: results, approvals and the context find a call by its id. The
+/// provider's id is kept when it is usable — not empty (wire formats leave it empty when the
+/// provider sent none), at most [`MAX_CALL_ID_LEN`] bytes of `[A-Za-z0-9_-]` (what Anthropic
+/// accepts), and taken neither by an earlier call of the same answer nor by a call or result in
+/// `earlier` (the ids of the context the model was sent: a model that repeats an id from an
+/// earlier turn must not have its new result paired with the old call). Any other call gets
+/// `call_<run>_<step>_<index>` (the run part is the random half of the run id), a pure
+/// function of what is recorded, so the provider sees the same ids in the history that is
+/// sent back to it.
+pub fn with_unique_ids<'a>(
+    mut calls: Vec<ToolCall>,
+    run: &crate::ids::RunId,
+    step: u32,
+    earlier: impl IntoIterator<Item = &'a str>,
+) -> Vec<ToolCall> {
     let usable = |id: &str| {
         !id.is_empty()
             && id.len() <= MAX_CALL_ID_LEN
             && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     };
-    let mut taken = std::collections::HashSet::new();
+    let mut taken: std::collections::HashSet<String> = earlier.into_iter().map(str::to_owned).collect();
     let keep: Vec<bool> = calls.iter().map(|c| usable(&c.id) && taken.insert(c.id.clone())).collect();
     let run_part = hex::encode(&run.as_bytes()[8..]);
     for (index, (call, keep)) in calls.iter_mut().zip(keep).enumerate() {
@@ -43,6 +51,18 @@ pub fn with_unique_ids(mut calls: Vec<ToolCall>, run: &crate::ids::RunId, step: 
         call.id = id;
     }
     calls
+}
+
+/// Every tool-call id in `messages`: the calls of assistant turns and the results' `call_id`s.
+pub fn call_ids<M: std::borrow::Borrow<Message>>(messages: &[M]) -> impl Iterator<Item = &str> {
+    messages.iter().flat_map(|m| {
+        let (calls, result): (&[ToolCall], Option<&str>) = match m.borrow() {
+            Message::Assistant { tool_calls, .. } => (tool_calls, None),
+            Message::Tool { call_id, .. } => (&[], Some(call_id)),
+            _ => (&[], None),
+        };
+        calls.iter().map(|c| c.id.as_str()).chain(result)
+    })
 }
 
 /// Token counts as the provider reported them (or estimated, for the scripted model).
@@ -132,19 +152,34 @@ mod tests {
     fn duplicate_ids_in_one_answer_become_unique() {
         let run = RunId::new();
         let part = hex::encode(&run.as_bytes()[8..]);
-        let out = with_unique_ids(calls(&["a", "a", "b", "a"]), &run, 3);
+        let out = with_unique_ids(calls(&["a", "a", "b", "a"]), &run, 3, []);
         assert_eq!(ids(&out), ["a".to_owned(), format!("call_{part}_3_1"), "b".into(), format!("call_{part}_3_3")]);
+    }
+
+    #[test]
+    fn ids_already_in_the_context_are_not_reused() {
+        let run = RunId::new();
+        let part = hex::encode(&run.as_bytes()[8..]);
+        let history = vec![
+            Message::User { content: "go".into() },
+            Message::Assistant { content: None, tool_calls: calls(&["dup"]) },
+            Message::Tool { call_id: "dup".into(), name: "f".into(), content: "1".into(), is_error: false },
+            Message::Tool { call_id: "orphan".into(), name: "f".into(), content: "2".into(), is_error: false },
+        ];
+        assert_eq!(call_ids(&history).collect::<Vec<_>>(), ["dup", "dup", "orphan"]);
+        let out = with_unique_ids(calls(&["dup", "orphan", "new"]), &run, 2, call_ids(&history));
+        assert_eq!(ids(&out), [format!("call_{part}_2_0"), format!("call_{part}_2_1"), "new".into()]);
     }
 
     #[test]
     fn missing_ids_differ_between_steps_and_runs_and_are_deterministic() {
         let (run, other) = (RunId::new(), RunId::new());
-        let step1 = with_unique_ids(calls(&["", ""]), &run, 1);
-        let step2 = with_unique_ids(calls(&["", ""]), &run, 2);
-        let elsewhere = with_unique_ids(calls(&["", ""]), &other, 1);
+        let step1 = with_unique_ids(calls(&["", ""]), &run, 1, []);
+        let step2 = with_unique_ids(calls(&["", ""]), &run, 2, []);
+        let elsewhere = with_unique_ids(calls(&["", ""]), &other, 1, []);
         let all: std::collections::HashSet<_> = [&step1, &step2, &elsewhere].iter().flat_map(|c| ids(c)).collect();
         assert_eq!(all.len(), 6, "{step1:?} {step2:?} {elsewhere:?}");
-        assert_eq!(with_unique_ids(calls(&["", ""]), &run, 1), step1);
+        assert_eq!(with_unique_ids(calls(&["", ""]), &run, 1, []), step1);
         assert!(step1.iter().all(|c| c.id.len() <= 40), "OpenAI refuses longer ids: {step1:?}");
     }
 
@@ -152,7 +187,8 @@ mod tests {
     fn unusable_ids_are_replaced_and_usable_ones_kept() {
         let run = RunId::new();
         let long = "x".repeat(MAX_CALL_ID_LEN + 1);
-        let out = with_unique_ids(calls(&["toolu_01A-b_c", "has space", &long, "\u{e9}", "functions.f:0"]), &run, 0);
+        let out =
+            with_unique_ids(calls(&["toolu_01A-b_c", "has space", &long, "\u{e9}", "functions.f:0"]), &run, 0, []);
         assert_eq!(out[0].id, "toolu_01A-b_c");
         assert!(out[1..].iter().all(|c| c.id.starts_with("call_")), "{out:?}");
     }
@@ -162,7 +198,7 @@ mod tests {
         let run = RunId::new();
         let part = hex::encode(&run.as_bytes()[8..]);
         let copied = format!("call_{part}_0_1");
-        let out = with_unique_ids(calls(&[&copied, ""]), &run, 0);
+        let out = with_unique_ids(calls(&[&copied, ""]), &run, 0, []);
         assert_eq!(out[0].id, copied);
         assert_eq!(out[1].id, format!("{copied}x"));
     }
@@ -171,7 +207,7 @@ mod tests {
         #[test]
         fn ids_are_always_unique(raw in proptest::collection::vec("[a-c ]{0,2}", 0..12), step in 0u32..4) {
             let raw: Vec<&str> = raw.iter().map(String::as_str).collect();
-            let out = with_unique_ids(calls(&raw), &RunId::new(), step);
+            let out = with_unique_ids(calls(&raw), &RunId::new(), step, []);
             let distinct: std::collections::HashSet<_> = out.iter().map(|c| &c.id).collect();
             proptest::prop_assert_eq!(distinct.len(), out.len());
             for (i, c) in out.iter().enumerate() {

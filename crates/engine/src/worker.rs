@@ -499,7 +499,12 @@ impl RunDriver {
                     step,
                     model: resp.model,
                     content: resp.content,
-                    tool_calls: stead_core::message::with_unique_ids(resp.tool_calls, &self.run_id, step),
+                    tool_calls: stead_core::message::with_unique_ids(
+                        resp.tool_calls,
+                        &self.run_id,
+                        step,
+                        stead_core::message::call_ids(&request.messages),
+                    ),
                     usage: resp.usage,
                     finish_reason: resp.finish_reason,
                     chunks,
