@@ -16,7 +16,7 @@ use stead_store::SessionRecord;
 
 use crate::error::{OaiError, OaiResult, parse_body, respond};
 use crate::items::{Rendered, render};
-use crate::list::{ListQuery, page};
+use crate::list::{ListQuery, list_object, page_window};
 use crate::request::{check_metadata, parse_input};
 use crate::responses::{conversation_id, parse_conversation_id};
 use crate::{OaiState, SESSION_KIND};
@@ -204,9 +204,15 @@ pub async fn list_items(
         let p = authenticate(&st.auth, &headers)?;
         let Query(q) = q.map_err(|e| OaiError::invalid("query", "invalid_value", e.body_text()))?;
         let s = load(&st, &p, &id).await?;
-        let events = crate::events_after(&st, &p.tenant, &s.id, 0).await?;
-        let items: Vec<Value> = render(&s.id, &events).into_iter().map(|r| r.item).collect();
-        Ok(Json(page(items, &q, "desc")?).into_response())
+        let list = st
+            .items
+            .with_items(&st, &p.tenant, &s.id, |r| {
+                let items = r.items();
+                let (picked, has_more) = page_window(items.len(), |id| r.position(id), &q, "desc")?;
+                Ok::<_, OaiError>(list_object(picked.into_iter().map(|i| items[i].item.clone()).collect(), has_more))
+            })
+            .await??;
+        Ok(Json(list).into_response())
     })
     .await
 }
@@ -214,9 +220,8 @@ pub async fn list_items(
 async fn find_item(st: &OaiState, p: &Principal, conv: &str, item: &str) -> OaiResult<(SessionRecord, Rendered)> {
     let s = load(st, p, conv).await?;
     let not_found = || OaiError::new(StatusCode::NOT_FOUND, "not_found", format!("Item with id '{item}' not found."));
-    let events = crate::events_after(st, &p.tenant, &s.id, 0).await?;
-    let found = render(&s.id, &events).into_iter().find(|r| r.id() == item).ok_or_else(not_found)?;
-    Ok((s, found))
+    let found = st.items.with_items(st, &p.tenant, &s.id, |r| r.position(item).map(|i| r.items()[i].clone())).await?;
+    Ok((s, found.ok_or_else(not_found)?))
 }
 
 pub async fn retrieve_item(

@@ -101,21 +101,85 @@ impl RunInfo {
 /// Renders a stretch of a session's log as items, in log order, with removed items left out.
 /// `events` must start at or before the `run_created` of every run whose items are wanted.
 pub fn render(session: &SessionId, events: &[Event]) -> Vec<Rendered> {
-    let mut runs: HashMap<RunId, RunInfo> = HashMap::new();
-    let mut out: Vec<Rendered> = Vec::new();
-    // call id → (run, name, arguments) of calls the model made, for MCP call items.
-    let mut calls: HashMap<String, ToolCall> = HashMap::new();
-    for e in events {
+    let mut r = Renderer::new(*session);
+    r.feed(events);
+    r.out
+}
+
+/// Renders a session's log as items incrementally: events are fed in log order, each once, and
+/// the items so far are kept with an index by id, so a page or a lookup costs what it returns
+/// rather than the whole conversation.
+pub struct Renderer {
+    session: SessionId,
+    runs: HashMap<RunId, RunInfo>,
+    /// call id → the call the model made, for MCP call items.
+    calls: HashMap<String, ToolCall>,
+    out: Vec<Rendered>,
+    /// Item id → index in `out`; rebuilt after a removal.
+    index: HashMap<String, usize>,
+    /// The seq of the last event fed.
+    last_seq: u64,
+}
+
+impl Renderer {
+    pub fn new(session: SessionId) -> Self {
+        Self {
+            session,
+            runs: HashMap::new(),
+            calls: HashMap::new(),
+            out: Vec::new(),
+            index: HashMap::new(),
+            last_seq: 0,
+        }
+    }
+
+    /// The seq of the last event fed: feed the events after it next.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub fn items(&self) -> &[Rendered] {
+        &self.out
+    }
+
+    /// Where the item with this id is in [`Renderer::items`].
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    /// Feeds events in log order; events at or before [`Renderer::last_seq`] are skipped.
+    pub fn feed(&mut self, events: &[Event]) {
+        let mut removed = false;
+        let from = self.last_seq;
+        for e in events.iter().filter(|e| e.seq > from) {
+            let before = self.out.len();
+            removed |= self.feed_one(e);
+            self.last_seq = e.seq;
+            if !removed {
+                for (i, r) in self.out.iter().enumerate().skip(before) {
+                    self.index.insert(r.id().to_owned(), i);
+                }
+            }
+        }
+        if removed {
+            self.index = self.out.iter().enumerate().map(|(i, r)| (r.id().to_owned(), i)).collect();
+        }
+    }
+
+    /// Renders one event; true if it removed items.
+    fn feed_one(&mut self, e: &Event) -> bool {
+        let session = &self.session;
+        let (runs, calls, out) = (&mut self.runs, &mut self.calls, &mut self.out);
         let run = e.run_id;
+        if let (EventBody::RunCreated { carried, metadata, .. }, Some(r)) = (&e.body, run) {
+            runs.insert(r, RunInfo::from_created(metadata, carried));
+        }
         let info = run.and_then(|r| runs.get(&r));
         let mut push = |index: u32, side: Side, item: Value| {
             out.push(Rendered { seq: e.seq, index, run, side, item });
         };
         match &e.body {
             EventBody::RunCreated { input, carried, metadata, .. } => {
-                if let Some(r) = run {
-                    runs.insert(r, RunInfo::from_created(metadata, carried));
-                }
                 for c in carried {
                     calls.insert(c.call.id.clone(), c.call.clone());
                 }
@@ -197,11 +261,12 @@ pub fn render(session: &SessionId, events: &[Event]) -> Vec<Rendered> {
             }
             EventBody::ItemRemoved { seq, index } => {
                 out.retain(|r| !(r.seq == *seq && r.index >> 12 == *index));
+                return true;
             }
             _ => {}
         }
+        false
     }
-    out
 }
 
 /// The items one message renders as: `(part index, item)`.

@@ -11,6 +11,7 @@
 
 mod conversations;
 pub mod error;
+pub mod item_cache;
 pub mod items;
 mod list;
 mod passthrough;
@@ -34,6 +35,7 @@ use stead_store::{AgentVersion, Page};
 use stead_tools_http::Guard;
 
 pub use error::{OaiError, OaiResult};
+pub use item_cache::ItemCache;
 pub use routes::{ModelRoute, ModelRoutes};
 
 /// Settings of the OpenAI-compatible API. Every field is a `stead serve` option.
@@ -49,6 +51,9 @@ pub struct OpenAiOptions {
     /// Recent messages a response's model sees (`truncation: auto`).
     pub max_messages: u32,
 }
+
+/// Rendered items the item cache holds by default, across sessions.
+pub const DEFAULT_ITEM_CACHE_ITEMS: usize = 100_000;
 
 impl Default for OpenAiOptions {
     fn default() -> Self {
@@ -67,6 +72,8 @@ pub struct OaiState {
     pub engine: Engine,
     pub auth: Arc<Auth>,
     pub options: Arc<OpenAiOptions>,
+    /// Rendered conversation items by session (see `item_cache`).
+    pub items: Arc<ItemCache>,
 }
 
 /// The session metadata key marking what a session is to this API.

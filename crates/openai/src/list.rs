@@ -17,14 +17,28 @@ pub struct ListQuery {
 }
 
 /// One page of `items` (given oldest first), in the requested order, as an OpenAI list.
-pub fn page(mut items: Vec<Value>, q: &ListQuery, default_order: &str) -> OaiResult<Value> {
+pub fn page(items: Vec<Value>, q: &ListQuery, default_order: &str) -> OaiResult<Value> {
+    let position = |id: &str| items.iter().position(|i| i["id"] == id);
+    let (picked, has_more) = page_window(items.len(), position, q, default_order)?;
+    Ok(list_object(picked.into_iter().map(|i| items[i].clone()).collect(), has_more))
+}
+
+/// Which of `len` items (oldest first) a page holds, as their indexes in page order, and
+/// whether more follow. `position` finds an item's index by id (the cursors); the work is
+/// that of one lookup per cursor plus the page, whatever `len` is.
+pub fn page_window(
+    len: usize,
+    position: impl Fn(&str) -> Option<usize>,
+    q: &ListQuery,
+    default_order: &str,
+) -> OaiResult<(Vec<usize>, bool)> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(OaiError::invalid("limit", "invalid_value", "'limit' must be between 1 and 100."));
     }
-    match q.order.as_deref().unwrap_or(default_order) {
-        "asc" => {}
-        "desc" => items.reverse(),
+    let asc = match q.order.as_deref().unwrap_or(default_order) {
+        "asc" => true,
+        "desc" => false,
         other => {
             return Err(OaiError::invalid(
                 "order",
@@ -32,31 +46,38 @@ pub fn page(mut items: Vec<Value>, q: &ListQuery, default_order: &str) -> OaiRes
                 format!("'order' must be 'asc' or 'desc', not '{other}'."),
             ));
         }
-    }
-    let position = |id: &str, param: &str| -> OaiResult<usize> {
-        items
-            .iter()
-            .position(|i| i["id"] == id)
+    };
+    // Positions in the requested order.
+    let ordered = |i: usize| if asc { i } else { len - 1 - i };
+    let cursor = |id: &str, param: &str| -> OaiResult<usize> {
+        position(id)
+            .filter(|&i| i < len)
+            .map(ordered)
             .ok_or_else(|| OaiError::invalid(param, "invalid_value", format!("No item with id '{id}' in this list.")))
     };
     let start = match &q.after {
-        Some(a) => position(a, "after")? + 1,
+        Some(a) => cursor(a, "after")? + 1,
         None => 0,
     };
     let end = match &q.before {
-        Some(b) => position(b, "before")?,
-        None => items.len(),
+        Some(b) => cursor(b, "before")?,
+        None => len,
     };
-    let window: Vec<Value> = items.get(start..end.max(start)).unwrap_or_default().to_vec();
-    let has_more = window.len() > limit as usize;
-    let data: Vec<Value> = window.into_iter().take(limit as usize).collect();
-    Ok(json!({
+    let end = end.max(start);
+    let take = (end - start).min(limit as usize);
+    let picked = (start..start + take).map(ordered).collect();
+    Ok((picked, end - start > limit as usize))
+}
+
+/// An OpenAI list object around one page of items.
+pub fn list_object(data: Vec<Value>, has_more: bool) -> Value {
+    json!({
         "object": "list",
         "first_id": data.first().map(|i| i["id"].clone()),
         "last_id": data.last().map(|i| i["id"].clone()),
         "has_more": has_more,
         "data": data,
-    }))
+    })
 }
 
 #[cfg(test)]

@@ -97,6 +97,11 @@ pub struct ServeArgs {
     /// [default: 4096].
     #[arg(long, env = "STEAD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Rendered conversation items kept in memory across sessions, so that a page of a long
+    /// conversation costs O(page) (0 to 10000000; 0 renders every page from the log)
+    /// [default: 100000].
+    #[arg(long, env = "STEAD_ITEM_CACHE_ITEMS")]
+    pub item_cache_items: Option<usize>,
 }
 
 /// The config file: the same options, all optional.
@@ -136,6 +141,7 @@ struct FileConfig {
     header_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    item_cache_items: Option<usize>,
 }
 
 /// Options after merging flags, env, file and defaults.
@@ -164,6 +170,7 @@ pub struct ServeConfig {
     pub worker_id: String,
     pub log: String,
     pub connections: crate::http_server::ConnectionLimits,
+    pub item_cache_items: usize,
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -241,6 +248,10 @@ impl ServeArgs {
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(60)),
                 max_connections: self.max_connections.or(file.max_connections).unwrap_or(4096),
             },
+            item_cache_items: self
+                .item_cache_items
+                .or(file.item_cache_items)
+                .unwrap_or(stead_openai::DEFAULT_ITEM_CACHE_ITEMS),
         };
         cfg.check()?;
         Ok(cfg)
@@ -344,6 +355,7 @@ impl ServeConfig {
             ("header_timeout_secs", c.header_timeout.as_secs(), 1, 3600),
             ("idle_timeout_secs", c.idle_timeout.as_secs(), 1, 86_400),
             ("max_connections", c.max_connections as u64, 1, 100_000),
+            ("item_cache_items", self.item_cache_items as u64, 0, 10_000_000),
         ];
         for (key, value, least, most) in ranges {
             check_range(key, value, least, most)?;
@@ -379,7 +391,7 @@ mod tests {
     #[test]
     fn every_numeric_option_is_bounded_and_its_flag_named() {
         type Set = fn(&mut ServeArgs, u64);
-        let options: [(&str, Set, u64, u64); 11] = [
+        let options: [(&str, Set, u64, u64); 12] = [
             ("max-body-bytes", |a, v| a.max_body_bytes = Some(v as usize), 1024, 1 << 30),
             ("max-input-bytes", |a, v| a.max_input_bytes = Some(v as usize), 1, 256 << 20),
             ("max-tool-output-bytes", |a, v| a.max_tool_output_bytes = Some(v as usize), 1, 256 << 20),
@@ -391,6 +403,7 @@ mod tests {
             ("header-timeout-secs", |a, v| a.header_timeout_secs = Some(v), 1, 3600),
             ("idle-timeout-secs", |a, v| a.idle_timeout_secs = Some(v), 1, 86_400),
             ("max-connections", |a, v| a.max_connections = Some(v as usize), 1, 100_000),
+            ("item-cache-items", |a, v| a.item_cache_items = Some(v as usize), 0, 10_000_000),
         ];
         for (flag, set, least, most) in options {
             for ok in [least, most] {
@@ -398,7 +411,7 @@ mod tests {
                 set(&mut args, ok);
                 assert!(args.resolve().is_ok(), "--{flag} {ok} is in range");
             }
-            for bad in [least - 1, most + 1, u64::MAX] {
+            for bad in [least.checked_sub(1), Some(most + 1), Some(u64::MAX)].into_iter().flatten() {
                 let mut args = ServeArgs::default();
                 set(&mut args, bad);
                 let err = args.resolve().expect_err(flag).to_string();

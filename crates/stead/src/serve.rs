@@ -95,6 +95,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_body_bytes: cfg.max_body_bytes,
             ..Default::default()
         }),
+        items: Arc::new(stead_openai::ItemCache::new(cfg.item_cache_items)),
     });
     let app = stead_api::app(AppState {
         engine: engine.clone(),

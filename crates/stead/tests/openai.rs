@@ -1488,3 +1488,66 @@ async fn an_unreachable_mcp_server_fails_the_request_and_stores_no_agent() {
     assert_eq!(stead.get_ok("/v1/agents").await, agents_before, "a failed request stored an agent version");
     assert_eq!(snapshot(&stead).await, before);
 }
+
+/// Item pages come from a bounded cache of rendered items (issue 8: a page must not cost the
+/// whole conversation). With a cache smaller than the conversations, pages stay exactly what
+/// the log says through additions, deletions, a run, eviction by another conversation, and a
+/// restart; `before`/`after` cursors agree with the walk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_pages_follow_the_log_through_a_small_cache() {
+    let mut stead = scripted_server(&["--item-cache-items", "25"]).await;
+    let texts: Vec<String> = (0..45).map(|i| format!("item {i}")).collect();
+    let conv = stead
+        .post("/v1/conversations", &json!({"items": texts[..20].iter().map(|t| user_item(t)).collect::<Vec<_>>()}))
+        .await;
+    assert_eq!(conv.status, 200, "{}", conv.text);
+    let conv = id_of(&conv.body);
+    for chunk in texts[20..].chunks(20) {
+        let items: Vec<Value> = chunk.iter().map(|t| user_item(t)).collect();
+        let r = stead.post(&format!("/v1/conversations/{conv}/items"), &json!({"items": items})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let texts_of = |items: &[Value]| items.iter().map(item_text).collect::<Vec<_>>();
+    let asc = walk_items(&stead, &conv, "asc", 7).await;
+    assert_eq!(texts_of(&asc), texts);
+    let desc = walk_items(&stead, &conv, "desc", 6).await;
+    assert_eq!(desc.iter().rev().cloned().collect::<Vec<_>>(), asc, "desc is asc reversed");
+
+    // `before` and `after` together: the items strictly between, in order.
+    let (a, b) = (asc[10]["id"].as_str().unwrap(), asc[16]["id"].as_str().unwrap());
+    let mid = stead.get_ok(&format!("/v1/conversations/{conv}/items?order=asc&after={a}&before={b}&limit=100")).await;
+    assert_eq!(texts_of(mid["data"].as_array().unwrap()), texts[11..16]);
+    assert_eq!(mid["has_more"], false);
+
+    // A deletion and an addition are seen by the next page.
+    let gone = asc[3]["id"].as_str().unwrap();
+    let del = stead.send(stead.req(Method::DELETE, &format!("/v1/conversations/{conv}/items/{gone}"))).await;
+    assert_eq!(del.status, 200, "{}", del.text);
+    stead.post(&format!("/v1/conversations/{conv}/items"), &json!({"items": [user_item("newest")]})).await;
+    let first = stead.get_ok(&format!("/v1/conversations/{conv}/items?limit=2")).await;
+    assert_eq!(texts_of(first["data"].as_array().unwrap()), ["newest", "item 44"]);
+    let mut want: Vec<String> = texts.clone();
+    want.remove(3);
+    want.push("newest".into());
+    assert_eq!(texts_of(&walk_items(&stead, &conv, "asc", 9).await), want);
+
+    // A response in the conversation adds its input and output.
+    let r = respond_ok(&stead, json!({"model": "scripted", "input": "ping", "conversation": conv})).await;
+    let after_run = walk_items(&stead, &conv, "asc", 50).await;
+    assert_eq!(texts_of(&after_run[after_run.len() - 2..]), ["ping".to_owned(), output_text(&r)]);
+
+    // Another conversation pushes this one out of the cache; its pages are still right.
+    let other = stead
+        .post("/v1/conversations", &json!({"items": (0..20).map(|i| user_item(&format!("o{i}"))).collect::<Vec<_>>()}))
+        .await;
+    let other = id_of(&other.body);
+    assert_eq!(walk_items(&stead, &other, "asc", 100).await.len(), 20);
+    assert_eq!(walk_items(&stead, &conv, "asc", 8).await, after_run);
+    // A deleted item's id is not a cursor.
+    let bad = stead.get(&format!("/v1/conversations/{conv}/items?after={gone}")).await;
+    assert_openai_error(&bad, 400, "a removed item as cursor");
+
+    stead.kill9();
+    stead.restart(None).await;
+    assert_eq!(walk_items(&stead, &conv, "asc", 13).await, after_run, "the same after a restart");
+}
