@@ -79,6 +79,13 @@ fn not_found_code(what: &str) -> &'static str {
     }
 }
 
+impl From<stead_identity::AuthError> for ApiError {
+    fn from(e: stead_identity::AuthError) -> Self {
+        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::UNAUTHORIZED);
+        Self::new(status, e.code, e.message)
+    }
+}
+
 impl From<stead_store::Error> for ApiError {
     fn from(e: stead_store::Error) -> Self {
         use stead_store::Error as E;

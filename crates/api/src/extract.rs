@@ -1,7 +1,6 @@
 //! Extractors that turn every malformed request into our error shape, and the principal.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -32,36 +31,15 @@ impl<T: DeserializeOwned> FromRequestParts<AppState> for Query<T> {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(&state.auth, &parts.headers)
+        authenticate(&state.auth, &parts.headers).await
     }
 }
 
-/// The caller a request's `Authorization: Bearer` key names (without keys configured, the
-/// local principal of the default tenant, holding every role).
-pub fn authenticate(auth: &Auth, headers: &axum::http::HeaderMap) -> Result<Principal, ApiError> {
-    if !auth.is_enabled() {
-        return Ok(Principal {
-            tenant: stead_core::ids::TenantId::default_tenant(),
-            id: "local".into(),
-            roles: vec!["*".into()],
-        });
-    }
-    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
-    let header = values.next().ok_or_else(|| unauthorized("send `Authorization: Bearer <api key>`"))?;
-    // Two credentials are ambiguous (a proxy may have added one): refuse rather than pick.
-    if values.next().is_some() {
-        return Err(ApiError::bad_request(
-            "duplicate_authorization",
-            "send exactly one `Authorization` header; this request has several",
-        ));
-    }
-    let key = header
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))?;
-    auth.keys.get(key.trim()).cloned().ok_or_else(|| unauthorized("unknown API key"))
+/// The caller a request's `Authorization: Bearer` credential names (an API key or an OIDC
+/// token; without any configured, the local principal of the default tenant, holding every
+/// role).
+pub async fn authenticate(auth: &Auth, headers: &axum::http::HeaderMap) -> Result<Principal, ApiError> {
+    Ok(auth.authenticate(headers).await?)
 }
 
 /// Parses a typed id from a path segment, with a clear error.

@@ -8,12 +8,10 @@ mod routes;
 mod stream;
 pub mod views;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use stead_core::ids::TenantId;
 use stead_engine::Engine;
 
 pub use error::ApiError;
@@ -34,38 +32,7 @@ impl Default for ApiOptions {
     }
 }
 
-/// Who may call the API. With no keys configured every request acts for the default tenant
-/// (the server then refuses to listen beyond loopback).
-#[derive(Clone, Debug, Default)]
-pub struct Auth {
-    keys: HashMap<String, Principal>,
-}
-
-impl Auth {
-    /// No authentication: every caller is `local` in the default tenant.
-    pub fn none() -> Self {
-        Self::default()
-    }
-
-    /// Adds an API key that acts as `principal` in `tenant`, holding `roles` (e.g. `approver`).
-    pub fn with_key(mut self, key: &str, tenant: TenantId, principal: &str, roles: &[String]) -> Self {
-        self.keys.insert(key.to_owned(), Principal { tenant, id: principal.to_owned(), roles: roles.to_vec() });
-        self
-    }
-
-    pub fn is_enabled(&self) -> bool {
-        !self.keys.is_empty()
-    }
-}
-
-/// The authenticated caller: every handler that touches data takes one.
-#[derive(Clone, Debug)]
-pub struct Principal {
-    pub tenant: TenantId,
-    pub id: String,
-    /// Roles for approvals; `*` holds them all (the local principal without authentication).
-    pub roles: Vec<String>,
-}
+pub use stead_identity::{Auth, AuthError, Principal};
 
 #[derive(Clone)]
 pub struct AppState {

@@ -102,6 +102,7 @@ impl Issuer {
         if config.roles_claim.is_empty() || config.tenant_claim.as_deref().is_some_and(str::is_empty) {
             return Err(format!("issuer {}: claim names must not be empty", config.issuer));
         }
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(policy.fetch_timeout)
             .redirect(reqwest::redirect::Policy::none())

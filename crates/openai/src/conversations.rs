@@ -102,7 +102,7 @@ fn items_as_messages(items: &[Value]) -> OaiResult<Vec<stead_core::message::Mess
 
 pub async fn create(State(st): State<OaiState>, headers: HeaderMap, body: Bytes) -> Response {
     respond(async move {
-        let p = authenticate(&st.auth, &headers)?;
+        let p = authenticate(&st.auth, &headers).await?;
         let req: CreateConversation = if body.is_empty() { CreateConversation::default() } else { parse(&body)? };
         let metadata = req.metadata.unwrap_or_default();
         check_metadata(&metadata)?;
@@ -132,7 +132,7 @@ pub async fn create(State(st): State<OaiState>, headers: HeaderMap, body: Bytes)
 
 pub async fn retrieve(State(st): State<OaiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     respond(async move {
-        let p = authenticate(&st.auth, &headers)?;
+        let p = authenticate(&st.auth, &headers).await?;
         let s = load(&st, &p, &id).await?;
         Ok(Json(conversation_object(&s)).into_response())
     })
@@ -141,7 +141,7 @@ pub async fn retrieve(State(st): State<OaiState>, headers: HeaderMap, Path(id): 
 
 pub async fn update(State(st): State<OaiState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
     respond(async move {
-        let p = authenticate(&st.auth, &headers)?;
+        let p = authenticate(&st.auth, &headers).await?;
         let req: UpdateConversation = parse(&body)?;
         check_metadata(&req.metadata)?;
         let s = load(&st, &p, &id).await?;
@@ -158,7 +158,7 @@ pub async fn update(State(st): State<OaiState>, headers: HeaderMap, Path(id): Pa
 
 pub async fn delete(State(st): State<OaiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     respond(async move {
-        let p = authenticate(&st.auth, &headers)?;
+        let p = authenticate(&st.auth, &headers).await?;
         let s = load(&st, &p, &id).await?;
         st.engine.store().delete_session(&p.tenant, &s.id).await?;
         Ok(Json(json!({"id": id, "object": "conversation.deleted", "deleted": true})).into_response())
@@ -173,7 +173,7 @@ pub async fn create_items(
     body: Bytes,
 ) -> Response {
     respond(async move {
-        let p = authenticate(&st.auth, &headers)?;
+        let p = authenticate(&st.auth, &headers).await?;
         let req: CreateItems = parse(&body)?;
         let s = load(&st, &p, &id).await?;
         let messages = items_as_messages(&req.items)?;
@@ -201,7 +201,7 @@ pub async fn list_items(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     respond(async move {
-        let p = authenticate(&st.auth, &headers)?;
+        let p = authenticate(&st.auth, &headers).await?;
         let Query(q) = q.map_err(|e| OaiError::invalid("query", "invalid_value", e.body_text()))?;
         let s = load(&st, &p, &id).await?;
         let list = st
@@ -230,7 +230,7 @@ pub async fn retrieve_item(
     Path((id, item_id)): Path<(String, String)>,
 ) -> Response {
     respond(async move {
-        let p = authenticate(&st.auth, &headers)?;
+        let p = authenticate(&st.auth, &headers).await?;
         let (_, item) = find_item(&st, &p, &id, &item_id).await?;
         Ok(Json(item.item).into_response())
     })
@@ -243,7 +243,7 @@ pub async fn delete_item(
     Path((id, item_id)): Path<(String, String)>,
 ) -> Response {
     respond(async move {
-        let p = authenticate(&st.auth, &headers)?;
+        let p = authenticate(&st.auth, &headers).await?;
         let (s, item) = find_item(&st, &p, &id, &item_id).await?;
         st.engine.remove_item(&p.tenant, &p.id, &s.id, item.seq, item.index >> 12).await?;
         let s = st.engine.store().get_session(&p.tenant, &s.id).await?;

@@ -54,7 +54,7 @@ fn upstream(st: &OaiState, route: &ModelRoute) -> OaiResult<(String, Option<Stri
 
 pub async fn chat_completions(State(st): State<OaiState>, headers: HeaderMap, body: Bytes) -> Response {
     respond(async {
-        authenticate(&st.auth, &headers)?;
+        authenticate(&st.auth, &headers).await?;
         let mut req: Value = serde_json::from_slice(&body).map_err(|e| {
             OaiError::new(StatusCode::BAD_REQUEST, "invalid_request_body", format!("Invalid request body: {e}"))
         })?;
@@ -358,7 +358,7 @@ fn owner(p: &Provider) -> &'static str {
 
 pub async fn list_models(State(st): State<OaiState>, headers: HeaderMap) -> Response {
     respond(async {
-        authenticate(&st.auth, &headers)?;
+        authenticate(&st.auth, &headers).await?;
         let configured = st.options.routes.routes().to_vec();
         let routes = if configured.is_empty() { vec![st.options.routes.route("*")?] } else { configured };
         let mut data: Vec<Value> = Vec::new();
@@ -411,7 +411,7 @@ async fn upstream_models(st: &OaiState, route: &ModelRoute) -> OaiResult<Vec<Val
 
 pub async fn retrieve_model(State(st): State<OaiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     respond(async {
-        authenticate(&st.auth, &headers)?;
+        authenticate(&st.auth, &headers).await?;
         let route = st.options.routes.route(&id)?;
         Ok(Json(model_object(&id, owner(&route.provider))).into_response())
     })

@@ -373,7 +373,7 @@ pub async fn create(State(st): State<OaiState>, headers: HeaderMap, body: Bytes)
 }
 
 async fn create_inner(st: OaiState, headers: HeaderMap, body: Bytes) -> OaiResult<Response> {
-    let p = authenticate(&st.auth, &headers)?;
+    let p = authenticate(&st.auth, &headers).await?;
     let req: CreateResponse = parse_body(&body)?;
     validate(&req)?;
     let model = req.model.clone().unwrap_or_default();
@@ -625,7 +625,7 @@ pub async fn retrieve(
     q: Result<Query<RetrieveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     respond(async {
-        let p = authenticate(&st.auth, &headers)?;
+        let p = authenticate(&st.auth, &headers).await?;
         let Query(q) = q.map_err(|e| OaiError::invalid("query", "invalid_value", e.body_text()))?;
         let run = load_run(&st, &p.tenant, &id).await?;
         if q.stream.unwrap_or(false) {
@@ -642,7 +642,7 @@ pub async fn retrieve(
 
 pub async fn delete(State(st): State<OaiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     respond(async {
-        let p = authenticate(&st.auth, &headers)?;
+        let p = authenticate(&st.auth, &headers).await?;
         let run = load_run(&st, &p.tenant, &id).await?;
         if !run.status().is_terminal() {
             st.engine.cancel_run(&p.tenant, &p.id, &run.id, "the response was deleted").await.ok();
@@ -656,7 +656,7 @@ pub async fn delete(State(st): State<OaiState>, headers: HeaderMap, Path(id): Pa
 
 pub async fn cancel(State(st): State<OaiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     respond(async {
-        let p = authenticate(&st.auth, &headers)?;
+        let p = authenticate(&st.auth, &headers).await?;
         let run = load_run(&st, &p.tenant, &id).await?;
         let events = run_events(&st, &run).await?;
         if created_meta(&events)["background"] != json!(true) {
@@ -687,7 +687,7 @@ pub async fn input_items(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     respond(async {
-        let p = authenticate(&st.auth, &headers)?;
+        let p = authenticate(&st.auth, &headers).await?;
         let Query(q) = q.map_err(|e| OaiError::invalid("query", "invalid_value", e.body_text()))?;
         let run = load_run(&st, &p.tenant, &id).await?;
         let events = run_events(&st, &run).await?;

@@ -29,6 +29,25 @@ pub struct ServeArgs {
     /// loopback and everything belongs to the `default` tenant, with every role.
     #[arg(long = "api-key", env = "STEAD_API_KEYS", value_delimiter = ',', hide_env_values = true)]
     pub api_keys: Vec<String>,
+    /// Accept OIDC bearer tokens from this issuer (repeat for several; its keys are found
+    /// through `URL/.well-known/openid-configuration`). Needs `--oidc-audience`. Per-issuer
+    /// settings (several audiences, claims, a JWKS URL) go in `[[oidc]]` tables.
+    #[arg(long = "oidc-issuer", env = "STEAD_OIDC_ISSUERS", value_delimiter = ',')]
+    pub oidc_issuers: Vec<String>,
+    /// An `aud` value tokens of the `--oidc-issuer`s must carry (repeat for several).
+    #[arg(long = "oidc-audience", env = "STEAD_OIDC_AUDIENCES", value_delimiter = ',')]
+    pub oidc_audiences: Vec<String>,
+    /// The token claim naming a principal's tenant [default: none, every principal is in the
+    /// `default` tenant].
+    #[arg(long, env = "STEAD_OIDC_TENANT_CLAIM")]
+    pub oidc_tenant_claim: Option<String>,
+    /// The token claim whose values become roles (a string or an array) [default: roles].
+    #[arg(long, env = "STEAD_OIDC_ROLES_CLAIM")]
+    pub oidc_roles_claim: Option<String>,
+    /// Least seconds between two fetches of an issuer's keys caused by tokens naming a key it
+    /// does not have (a rotation, or a flood of forged `kid`s; 1 to 3600) [default: 30].
+    #[arg(long, env = "STEAD_OIDC_KEYS_COOLDOWN_SECS")]
+    pub oidc_keys_cooldown_secs: Option<u64>,
     /// Addresses HTTP tools and `http_fetch` may reach although they are private, loopback or
     /// link-local: CIDRs (`10.0.0.0/8`) or host names (repeat, or comma-separate in the env
     /// var); `*` allows everything. By default only public addresses are reachable.
@@ -109,6 +128,9 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    /// `[[oidc]] issuer = "https://…", audiences = ["stead"], tenant_claim = "org", roles_claim = "roles"`.
+    #[serde(default)]
+    oidc: Vec<stead_identity::IssuerConfig>,
     data_dir: Option<PathBuf>,
     durability: Option<String>,
     api_keys: Option<Vec<String>>,
@@ -142,6 +164,7 @@ struct FileConfig {
     idle_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     item_cache_items: Option<usize>,
+    oidc_keys_cooldown_secs: Option<u64>,
 }
 
 /// Options after merging flags, env, file and defaults.
@@ -152,6 +175,8 @@ pub struct ServeConfig {
     pub durability: stead_store_sqlite::Durability,
     /// (tenant, key, roles)
     pub api_keys: Vec<(String, String, Vec<String>)>,
+    /// OIDC issuers whose tokens are accepted.
+    pub oidc: Vec<stead_identity::IssuerConfig>,
     pub http_allow: Vec<String>,
     pub model_routes: Vec<stead_openai::ModelRoute>,
     /// `None`: any address (loopback-only server with nothing configured).
@@ -171,6 +196,8 @@ pub struct ServeConfig {
     pub log: String,
     pub connections: crate::http_server::ConnectionLimits,
     pub item_cache_items: usize,
+    /// How often unknown keys may make an issuer's keys be fetched again.
+    pub oidc_keys_cooldown: Duration,
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -221,7 +248,21 @@ impl ServeArgs {
         } else {
             self.trusted_tenants
         };
-        let grants = grants(&api_keys, trusted, self.expose_env, file.expose_env, file.provider, file.mcp_server)?;
+        let mut oidc = file.oidc;
+        for issuer in self.oidc_issuers {
+            oidc.push(stead_identity::IssuerConfig {
+                issuer,
+                audiences: self.oidc_audiences.clone(),
+                tenant_claim: self.oidc_tenant_claim.clone(),
+                roles_claim: self.oidc_roles_claim.clone().unwrap_or_else(stead_identity::oidc::default_roles_claim),
+                jwks_url: None,
+            });
+        }
+        if oidc.is_empty() && (!self.oidc_audiences.is_empty() || self.oidc_tenant_claim.is_some()) {
+            bail!("--oidc-audience and --oidc-tenant-claim need an --oidc-issuer");
+        }
+        let authenticated = !api_keys.is_empty() || !oidc.is_empty();
+        let grants = grants(authenticated, trusted, self.expose_env, file.expose_env, file.provider, file.mcp_server)?;
         let cfg = ServeConfig {
             grants,
             listen,
@@ -230,6 +271,7 @@ impl ServeArgs {
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./stead-data")),
             durability,
             api_keys,
+            oidc,
             http_allow: if self.http_allow.is_empty() { file.http_allow.unwrap_or_default() } else { self.http_allow },
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes).unwrap_or(1024 * 1024),
             max_input_bytes: self.max_input_bytes.or(file.max_input_bytes).unwrap_or(256 * 1024),
@@ -252,6 +294,9 @@ impl ServeArgs {
                 .item_cache_items
                 .or(file.item_cache_items)
                 .unwrap_or(stead_openai::DEFAULT_ITEM_CACHE_ITEMS),
+            oidc_keys_cooldown: Duration::from_secs(
+                self.oidc_keys_cooldown_secs.or(file.oidc_keys_cooldown_secs).unwrap_or(30),
+            ),
         };
         cfg.check()?;
         Ok(cfg)
@@ -273,9 +318,9 @@ fn check_api_key(tenant: &str, key: &str, earlier: &[(String, String, Vec<String
     Ok(())
 }
 
-/// The operator's grants from the options. Without API keys the local user is the operator.
+/// The operator's grants from the options. Without authentication the local user is the operator.
 fn grants(
-    api_keys: &[(String, String, Vec<String>)],
+    authenticated: bool,
     trusted: Vec<String>,
     expose_flags: Vec<String>,
     mut exposed: Vec<stead_core::grants::ExposedVar>,
@@ -287,7 +332,7 @@ fn grants(
         stead_core::ids::TenantId::new(t).map(|_| t.to_owned()).map_err(|e| anyhow::anyhow!("--trusted-tenant: {e}"))
     };
     let mut g = Grants::default();
-    if api_keys.is_empty() {
+    if !authenticated {
         g.trusted_tenants.insert(stead_core::ids::TenantId::default_tenant().as_str().to_owned());
     }
     for t in trusted {
@@ -334,9 +379,9 @@ fn check_range(key: &str, value: u64, least: u64, most: u64) -> anyhow::Result<(
 
 impl ServeConfig {
     fn check(&self) -> anyhow::Result<()> {
-        if !self.listen.ip().is_loopback() && self.api_keys.is_empty() {
+        if !self.listen.ip().is_loopback() && self.api_keys.is_empty() && self.oidc.is_empty() {
             bail!(
-                "refusing to listen on {} without authentication: configure an API key (--api-key TENANT:KEY) or listen on loopback",
+                "refusing to listen on {} without authentication: configure an API key (--api-key TENANT:KEY) or an OIDC issuer (--oidc-issuer), or listen on loopback",
                 self.listen
             );
         }
@@ -356,6 +401,7 @@ impl ServeConfig {
             ("idle_timeout_secs", c.idle_timeout.as_secs(), 1, 86_400),
             ("max_connections", c.max_connections as u64, 1, 100_000),
             ("item_cache_items", self.item_cache_items as u64, 0, 10_000_000),
+            ("oidc_keys_cooldown_secs", self.oidc_keys_cooldown.as_secs(), 1, 3600),
         ];
         for (key, value, least, most) in ranges {
             check_range(key, value, least, most)?;
@@ -391,7 +437,7 @@ mod tests {
     #[test]
     fn every_numeric_option_is_bounded_and_its_flag_named() {
         type Set = fn(&mut ServeArgs, u64);
-        let options: [(&str, Set, u64, u64); 12] = [
+        let options: [(&str, Set, u64, u64); 13] = [
             ("max-body-bytes", |a, v| a.max_body_bytes = Some(v as usize), 1024, 1 << 30),
             ("max-input-bytes", |a, v| a.max_input_bytes = Some(v as usize), 1, 256 << 20),
             ("max-tool-output-bytes", |a, v| a.max_tool_output_bytes = Some(v as usize), 1, 256 << 20),
@@ -404,6 +450,7 @@ mod tests {
             ("idle-timeout-secs", |a, v| a.idle_timeout_secs = Some(v), 1, 86_400),
             ("max-connections", |a, v| a.max_connections = Some(v as usize), 1, 100_000),
             ("item-cache-items", |a, v| a.item_cache_items = Some(v as usize), 0, 10_000_000),
+            ("oidc-keys-cooldown-secs", |a, v| a.oidc_keys_cooldown_secs = Some(v), 1, 3600),
         ];
         for (flag, set, least, most) in options {
             for ok in [least, most] {

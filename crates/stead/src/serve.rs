@@ -75,6 +75,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // never by any part of the key, which would then reach the log.
         auth = auth.with_key(key, t, &format!("{tenant}/key{}", i + 1), roles);
     }
+    let key_policy = stead_identity::KeyPolicy { cooldown: cfg.oidc_keys_cooldown, ..Default::default() };
+    for cfg in &cfg.oidc {
+        let issuer = Arc::new(stead_identity::Issuer::new(cfg.clone(), key_policy).map_err(|e| anyhow::anyhow!(e))?);
+        // Unreachable now is not fatal: the first token tries again.
+        match issuer.prefetch().await {
+            Ok(n) => tracing::info!(issuer = %cfg.issuer, keys = n, "OIDC issuer ready"),
+            Err(e) => {
+                tracing::warn!(issuer = %cfg.issuer, error = %e, "OIDC issuer not reachable yet; its tokens are checked once it is")
+            }
+        }
+        auth = auth.with_issuer(issuer);
+    }
     let auth = Arc::new(auth);
     // Unstored (`store: false`) responses a crash left behind are erased before serving.
     let mut tenants = vec![TenantId::default_tenant()];
