@@ -69,6 +69,29 @@ impl Store for TimedStore {
     async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> Result<()> {
         self.inner.delete_session(tenant, id).await
     }
+    async fn put_secret(&self, secret: stead_store::SealedSecret) -> Result<()> {
+        self.inner.put_secret(secret).await
+    }
+    async fn get_secret(
+        &self,
+        tenant: &TenantId,
+        scope: &str,
+        name: &str,
+    ) -> Result<Option<stead_store::SealedSecret>> {
+        self.inner.get_secret(tenant, scope, name).await
+    }
+    async fn list_secrets(&self, tenant: &TenantId) -> Result<Vec<stead_store::SealedSecret>> {
+        self.inner.list_secrets(tenant).await
+    }
+    async fn delete_secret(&self, tenant: &TenantId, scope: &str, name: &str) -> Result<bool> {
+        self.inner.delete_secret(tenant, scope, name).await
+    }
+    async fn get_tenant_key(&self, tenant: &TenantId) -> Result<Option<stead_store::WrappedKey>> {
+        self.inner.get_tenant_key(tenant).await
+    }
+    async fn put_tenant_key(&self, key: stead_store::WrappedKey) -> Result<stead_store::WrappedKey> {
+        self.inner.put_tenant_key(key).await
+    }
     async fn get_idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<stead_store::IdempotencyRecord>> {
         self.inner.get_idempotency(tenant, key).await
     }

@@ -12,6 +12,7 @@ mod options;
 mod read;
 mod rows;
 mod schema;
+mod vault;
 mod write;
 mod writer;
 
@@ -26,7 +27,7 @@ use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::time::Timestamp;
 use stead_store::{
     AgentVersion, AppendRequest, ApprovalFilter, ApprovalRecord, Claim, Committed, Error, IdempotencyRecord,
-    NewSession, Page, Result, RunRecord, SessionRecord, Store,
+    NewSession, Page, Result, RunRecord, SealedSecret, SessionRecord, Store, WrappedKey,
 };
 use tokio::sync::broadcast;
 
@@ -172,6 +173,34 @@ impl Store for SqliteStore {
     async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> Result<()> {
         let (tenant, id) = (tenant.clone(), *id);
         self.write(move |conn, _| write::delete_session(conn, &tenant, &id)).await
+    }
+
+    async fn put_secret(&self, secret: SealedSecret) -> Result<()> {
+        self.write(move |conn, _| vault::put_secret(conn, secret)).await
+    }
+
+    async fn get_secret(&self, tenant: &TenantId, scope: &str, name: &str) -> Result<Option<SealedSecret>> {
+        let (tenant, scope, name) = (tenant.clone(), scope.to_owned(), name.to_owned());
+        self.read(move |conn| vault::get_secret(conn, &tenant, &scope, &name)).await
+    }
+
+    async fn list_secrets(&self, tenant: &TenantId) -> Result<Vec<SealedSecret>> {
+        let tenant = tenant.clone();
+        self.read(move |conn| vault::list_secrets(conn, &tenant)).await
+    }
+
+    async fn delete_secret(&self, tenant: &TenantId, scope: &str, name: &str) -> Result<bool> {
+        let (tenant, scope, name) = (tenant.clone(), scope.to_owned(), name.to_owned());
+        self.write(move |conn, _| vault::delete_secret(conn, &tenant, &scope, &name)).await
+    }
+
+    async fn get_tenant_key(&self, tenant: &TenantId) -> Result<Option<WrappedKey>> {
+        let tenant = tenant.clone();
+        self.read(move |conn| vault::get_tenant_key(conn, &tenant)).await
+    }
+
+    async fn put_tenant_key(&self, key: WrappedKey) -> Result<WrappedKey> {
+        self.write(move |conn, _| vault::put_tenant_key(conn, key)).await
     }
 
     async fn get_idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>> {

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_unfinished_index.sql"),
     include_str!("../migrations/0003_approvals.sql"),
     include_str!("../migrations/0004_idempotency.sql"),
+    include_str!("../migrations/0005_vault.sql"),
 ];
 
 /// How long a connection waits on a lock held by another connection (WAL recovery,

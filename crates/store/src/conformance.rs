@@ -39,7 +39,7 @@ use tokio::task::JoinSet;
 
 use crate::{
     AppendRequest, ApprovalFilter, ApprovalRecord, Committed, Error, Fence, IdempotencyKey, NewSession, Page,
-    RunRecord, SessionRecord, Store,
+    RunRecord, SealedSecret, SessionRecord, Store, WrappedKey,
 };
 
 /// The limits a case needs its store to enforce.
@@ -121,6 +121,7 @@ macro_rules! __conformance_cases {
             sessions_are_created_with_their_first_run_atomically,
             idempotency_keys_return_what_the_first_write_created,
             idempotency_keys_expire_are_tenant_scoped_and_go_with_their_session,
+            vault_rows_are_versioned_tenant_scoped_and_first_key_wins,
         );
     };
 }
@@ -2551,4 +2552,71 @@ pub async fn idempotency_keys_expire_are_tenant_scoped_and_go_with_their_session
     assert!(store.get_idempotency(&a, "shared").await.expect("read").is_none());
     assert!(store.get_idempotency(&a, "old").await.expect("read").is_none());
     assert!(store.get_idempotency(&b, "shared").await.expect("read").is_some());
+}
+
+// ---------------------------------------------------------------------------------------
+// The vault's rows.
+
+fn sealed(tenant: &TenantId, scope: &str, name: &str, version: u32, bytes: &[u8]) -> SealedSecret {
+    SealedSecret {
+        tenant_id: tenant.clone(),
+        scope: scope.into(),
+        name: name.into(),
+        version,
+        key_version: 1,
+        nonce: vec![7; 24],
+        ciphertext: bytes.to_vec(),
+        created_at: Timestamp::now(),
+    }
+}
+
+/// Secrets are stored as given, only as the next version of their name (a stale writer gets
+/// `Conflict` and changes nothing), listed by scope then name, per tenant; a tenant's first data
+/// key is the first one stored, whoever races for it.
+pub async fn vault_rows_are_versioned_tenant_scoped_and_first_key_wins(make: &impl MakeStore) {
+    let fx = make.make(Config::default()).await;
+    let store = fx.store.as_ref();
+    let (a, b) = (tenant_a(), tenant_b());
+    store.put_secret(sealed(&a, "tenant", "TOKEN", 1, b"one")).await.expect("first version");
+    let stale = store.put_secret(sealed(&a, "tenant", "TOKEN", 1, b"other")).await;
+    assert!(matches!(stale, Err(Error::Conflict { .. })), "{stale:?}");
+    let skip = store.put_secret(sealed(&a, "tenant", "TOKEN", 3, b"skip")).await;
+    assert!(matches!(skip, Err(Error::Conflict { .. })), "{skip:?}");
+    assert_eq!(store.get_secret(&a, "tenant", "TOKEN").await.expect("get").expect("stored").ciphertext, b"one");
+    store.put_secret(sealed(&a, "tenant", "TOKEN", 2, b"two")).await.expect("second version");
+    let got = store.get_secret(&a, "tenant", "TOKEN").await.expect("get").expect("stored");
+    assert_eq!((got.version, got.ciphertext.as_slice(), got.nonce.len()), (2, &b"two"[..], 24));
+    store.put_secret(sealed(&a, "user:alice", "TOKEN", 1, b"alice")).await.expect("a user's own");
+    store.put_secret(sealed(&a, "tenant", "ANOTHER", 1, b"x")).await.expect("another");
+    let listed: Vec<(String, String, u32)> =
+        store.list_secrets(&a).await.expect("list").into_iter().map(|s| (s.scope, s.name, s.version)).collect();
+    assert_eq!(
+        listed,
+        [
+            ("tenant".into(), "ANOTHER".into(), 1),
+            ("tenant".into(), "TOKEN".into(), 2),
+            ("user:alice".into(), "TOKEN".into(), 1)
+        ]
+    );
+    assert!(store.get_secret(&b, "tenant", "TOKEN").await.expect("get").is_none(), "tenants are isolated");
+    assert!(store.list_secrets(&b).await.expect("list").is_empty());
+    assert!(!store.delete_secret(&b, "tenant", "TOKEN").await.expect("delete"), "not b's to delete");
+    assert!(store.delete_secret(&a, "tenant", "TOKEN").await.expect("delete"));
+    assert!(store.get_secret(&a, "tenant", "TOKEN").await.expect("get").is_none());
+    store.put_secret(sealed(&a, "tenant", "TOKEN", 1, b"anew")).await.expect("a deleted name starts again at 1");
+
+    assert!(store.get_tenant_key(&a).await.expect("key").is_none());
+    let key = |t: &TenantId, wrapped: &[u8]| WrappedKey {
+        tenant_id: t.clone(),
+        version: 1,
+        nonce: vec![1; 24],
+        wrapped: wrapped.to_vec(),
+        created_at: Timestamp::now(),
+    };
+    let first = store.put_tenant_key(key(&a, b"first")).await.expect("first key");
+    assert_eq!(first.wrapped, b"first");
+    let second = store.put_tenant_key(key(&a, b"second")).await.expect("racing key");
+    assert_eq!(second.wrapped, b"first", "the first key stored wins");
+    assert_eq!(store.get_tenant_key(&a).await.expect("key").expect("stored").wrapped, b"first");
+    assert!(store.get_tenant_key(&b).await.expect("key").is_none());
 }

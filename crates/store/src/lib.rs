@@ -151,6 +151,32 @@ pub struct IdempotencyRecord {
     pub expires_at: Timestamp,
 }
 
+/// One secret of the vault as stored: sealed by `stead-vault`, opaque to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub tenant_id: TenantId,
+    /// `tenant`, or `user:<principal id>` for a user's own secret.
+    pub scope: String,
+    pub name: String,
+    /// 1 for the first value; each replacement adds one.
+    pub version: u32,
+    /// The tenant key version that sealed it.
+    pub key_version: u32,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub created_at: Timestamp,
+}
+
+/// A tenant's data key, wrapped by the key-encryption key (never stored in the clear).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub tenant_id: TenantId,
+    pub version: u32,
+    pub nonce: Vec<u8>,
+    pub wrapped: Vec<u8>,
+    pub created_at: Timestamp,
+}
+
 /// Proof that the caller holds a run's lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fence {
@@ -309,6 +335,21 @@ pub trait Store: Send + Sync + 'static {
     /// Pending approvals whose `expires_at <= now`, across all tenants (for the expiry sweeper),
     /// oldest expiry first.
     async fn due_approvals(&self, now: Timestamp, limit: u32) -> Result<Vec<ApprovalRecord>>;
+
+    // The vault's rows (sealed by `stead-vault`; the store never sees a secret in the clear).
+    /// Stores `secret` as the next version of its name: `secret.version` must be one more than
+    /// the stored one (1 when there is none), else `Conflict` (a concurrent writer won).
+    async fn put_secret(&self, secret: SealedSecret) -> Result<()>;
+    async fn get_secret(&self, tenant: &TenantId, scope: &str, name: &str) -> Result<Option<SealedSecret>>;
+    /// The tenant's secrets (latest versions), by scope then name.
+    async fn list_secrets(&self, tenant: &TenantId) -> Result<Vec<SealedSecret>>;
+    /// Whether there was such a secret.
+    async fn delete_secret(&self, tenant: &TenantId, scope: &str, name: &str) -> Result<bool>;
+    /// The tenant's newest data key.
+    async fn get_tenant_key(&self, tenant: &TenantId) -> Result<Option<WrappedKey>>;
+    /// Stores a tenant's data key unless one of that version exists; returns the stored one
+    /// (so two writers racing to create a tenant's first key agree on the winner's).
+    async fn put_tenant_key(&self, key: WrappedKey) -> Result<WrappedKey>;
 
     /// Commits as they happen. A slow receiver may lag; it then re-reads from the store.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Committed>;
