@@ -5,6 +5,7 @@ pub mod error;
 mod extract;
 pub mod openapi;
 mod routes;
+pub mod secrets;
 mod stream;
 pub mod views;
 

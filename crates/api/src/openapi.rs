@@ -25,6 +25,7 @@ use crate::routes;
         routes::session_events, routes::audit_session,
         routes::list_approvals, routes::get_approval, routes::approve, routes::deny, routes::resolve,
         routes::approvals_stream,
+        crate::secrets::set_secret, crate::secrets::list_secrets, crate::secrets::delete_secret,
         openai::create_response, openai::retrieve_response, openai::delete_response, openai::cancel_response,
         openai::list_input_items, openai::create_conversation, openai::retrieve_conversation,
         openai::update_conversation, openai::delete_conversation, openai::list_items, openai::create_items,
@@ -39,6 +40,7 @@ use crate::routes;
         (name = "runs", description = "Executions of the agent loop"),
         (name = "events", description = "The hash-chained event log"),
         (name = "approvals", description = "Durable human decisions on tool calls"),
+        (name = "secrets", description = "The credential vault: values go in, never come out"),
         (name = "system", description = "Health and metadata"),
         (name = "openai", description = "OpenAI-compatible API (Responses, Conversations, Chat Completions, Models): \
             bodies and objects as in OpenAI's API reference, errors in OpenAI's shape"),

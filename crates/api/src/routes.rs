@@ -48,6 +48,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/approvals/{approval_id}/approve", post(approve))
         .route("/v1/approvals/{approval_id}/deny", post(deny))
         .route("/v1/approvals/{approval_id}/resolve", post(resolve))
+        .route("/v1/secrets", post(crate::secrets::set_secret).get(crate::secrets::list_secrets))
+        .route("/v1/secrets/{name}", axum::routing::delete(crate::secrets::delete_secret))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint; see /openapi.json")
         })

@@ -104,12 +104,13 @@ const KEY: &str = "k-0123456789abcdef";
 const MAX_BODY: usize = 4096;
 
 fn app(dir: &std::path::Path) -> axum::Router {
-    let store = SqliteStore::open(SqliteOptions::new(dir)).unwrap();
+    let store = SqliteStore::open(SqliteOptions::new(dir)).unwrap() as Arc<dyn stead_store::Store>;
+    let vault = stead_vault::Vault::new(store.clone(), stead_vault::Kek::from_bytes(&[7; 32]));
     let engine = Engine::new(
-        store as Arc<dyn stead_store::Store>,
+        store,
         Providers::new(ProviderDefaults::default()),
         ToolRegistry::with_builtins(),
-        EngineOptions::default(),
+        EngineOptions { vault: Some(Arc::new(vault)), ..EngineOptions::default() },
     );
     let auth = Auth::none().with_key(KEY, TenantId::new("acme").unwrap(), "acme/key1", &[]);
     let options = ApiOptions { max_body_bytes: MAX_BODY, ..ApiOptions::default() };

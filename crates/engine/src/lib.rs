@@ -58,6 +58,8 @@ pub struct EngineOptions {
     pub mcp_url_guard: Option<Arc<stead_tools_http::Guard>>,
     /// How long an `Idempotency-Key` is remembered after the create that claimed it.
     pub idempotency_ttl: Duration,
+    /// The credential vault `${secret:NAME}` references are revealed from.
+    pub vault: Option<Arc<stead_vault::Vault>>,
 }
 
 /// Grants for a server without API keys: the local user (tenant `default`) is the operator.
@@ -80,6 +82,7 @@ impl Default for EngineOptions {
             grants: Arc::new(local_operator_grants()),
             mcp_url_guard: None,
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            vault: None,
         }
     }
 }
@@ -302,7 +305,8 @@ impl Engine {
     /// available before it becomes a version ([`Engine::store_prepared`] stores it).
     pub async fn prepare_agent(&self, tenant: &TenantId, text: &str, format: SpecFormat) -> Result<PreparedAgent> {
         let spec = self.checked_spec(tenant, text, format).await?;
-        let tools = Arc::new(toolset::AgentTools::build(&spec, &self.inner.tools, &self.resolver(tenant)).await);
+        let resolver = self.resolver(tenant, &spec).await;
+        let tools = Arc::new(toolset::AgentTools::build(&spec, &self.inner.tools, &resolver).await);
         Ok(PreparedAgent { spec, tools })
     }
 
@@ -332,12 +336,28 @@ impl Engine {
         Ok(spec)
     }
 
-    fn resolver<'a>(&'a self, tenant: &'a TenantId) -> toolset::Resolver<'a> {
+    /// Where a spec's references resolve from, with the vault secrets its MCP servers name
+    /// revealed (one the vault lacks, or can't open, is left out: building then names it).
+    async fn resolver<'a>(&'a self, tenant: &'a TenantId, spec: &AgentSpec) -> toolset::Resolver<'a> {
+        let mut secrets = HashMap::new();
+        if let Some(vault) = &self.inner.options.vault {
+            let values = spec.mcp_servers.iter().flat_map(|m| m.headers.values().chain(m.url.as_ref()));
+            for name in toolset::secret_names(values) {
+                match vault.reveal(tenant, &stead_vault::Scope::Tenant, &name).await {
+                    Ok(Some(v)) => {
+                        secrets.insert(name, v);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(secret = %name, error = %e, "a vault secret could not be opened"),
+                }
+            }
+        }
         toolset::Resolver {
             tenant,
             grants: &self.inner.options.grants,
             held: &self.inner.held,
             mcp_guard: self.inner.options.mcp_url_guard.clone(),
+            secrets,
         }
     }
 
@@ -380,7 +400,8 @@ impl Engine {
         if let Some(t) = self.inner.toolsets.lock().expect("toolset cache lock").get(&key) {
             return t.clone();
         }
-        let built = Arc::new(toolset::AgentTools::build(spec, &self.inner.tools, &self.resolver(tenant)).await);
+        let resolver = self.resolver(tenant, spec).await;
+        let built = Arc::new(toolset::AgentTools::build(spec, &self.inner.tools, &resolver).await);
         if built.problems.is_empty() {
             self.inner.toolsets.lock().expect("toolset cache lock").insert(key, built.clone());
         } else {

@@ -59,7 +59,28 @@ pub(crate) struct Resolver<'a> {
     pub held: &'a crate::held::HeldCredentials,
     /// Checks tenant-chosen MCP URLs (and refuses their redirects).
     pub mcp_guard: Option<Arc<stead_tools_http::Guard>>,
+    /// The tenant's vault secrets the spec's MCP servers name, revealed for building them.
+    pub secrets: HashMap<String, stead_vault::Revealed>,
 }
+
+/// The names in every `${secret:NAME}` of `values`.
+pub(crate) fn secret_names<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in values {
+        let mut rest = v.as_str();
+        while let Some(i) = rest.find(SECRET_REF) {
+            let after = &rest[i + SECRET_REF.len()..];
+            let Some(end) = after.find('}') else { break };
+            if !out.iter().any(|n| n == &after[..end]) {
+                out.push(after[..end].to_owned());
+            }
+            rest = &after[end..];
+        }
+    }
+    out
+}
+
+const SECRET_REF: &str = "${secret:";
 
 impl Resolver<'_> {
     /// `${env:VAR}` for a variable this tenant may read, `${held:ID}` for a credential a
@@ -72,6 +93,12 @@ impl Resolver<'_> {
             std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
         };
         let value = substitute_refs(value, "${env:", &env)?;
+        let value = substitute_refs(&value, SECRET_REF, &|name| {
+            self.secrets
+                .get(name)
+                .map(|v| v.as_str().to_owned())
+                .ok_or_else(|| format!("secret {name} is not in this tenant's vault"))
+        })?;
         substitute_refs(&value, crate::held::HELD_REF, &|id| self.held.get(self.tenant, id))
     }
 }
@@ -93,6 +120,31 @@ pub(crate) fn substitute_refs(
         rest = &after[end + 1..];
     }
     out.push_str(rest);
+    Ok(out)
+}
+
+/// The vault secrets an HTTP tool's headers name, revealed for one call (and wiped when the
+/// map drops). A secret the vault lacks is left out: the call then fails naming it.
+async fn reveal_secrets(
+    spec: &HttpToolSpec,
+    tenant: &TenantId,
+    vault: Option<&stead_vault::Vault>,
+) -> Result<HashMap<String, stead_vault::Revealed>, String> {
+    let names = spec.secret_refs();
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let vault = vault.ok_or("this tool's headers name vault secrets, but the server has no vault configured")?;
+    let mut out = HashMap::new();
+    for name in names {
+        match vault.reveal(tenant, &stead_vault::Scope::Tenant, &name).await {
+            Ok(Some(v)) => {
+                out.insert(name, v);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("the vault could not open secret {name}: {e}")),
+        }
+    }
     Ok(out)
 }
 
@@ -273,7 +325,13 @@ impl AgentTools {
     }
 
     /// Runs one server-side call with its recorded idempotency key.
-    pub(crate) async fn execute(&self, call: &ToolCall, ctx: &ToolContext, http: Option<&HttpCaller>) -> Outcome {
+    pub(crate) async fn execute(
+        &self,
+        call: &ToolCall,
+        ctx: &ToolContext,
+        http: Option<&HttpCaller>,
+        vault: Option<&stead_vault::Vault>,
+    ) -> Outcome {
         let Some(entry) = self.entries.get(&call.name) else {
             let names = self.names();
             return Outcome::Known(ToolOutput::error(format!(
@@ -293,7 +351,12 @@ impl AgentTools {
                 Runner::Builtin(tool) => Outcome::Known(tool.call(serde_json::Value::Object(args), ctx).await),
                 Runner::Http(spec) => match http {
                     Some(caller) => {
-                        let r = caller.call_tool(spec, &args, &ctx.idempotency_key).await;
+                        let secrets = match reveal_secrets(spec, &ctx.tenant_id, vault).await {
+                            Ok(s) => s,
+                            Err(e) => return Outcome::Known(ToolOutput::error(e)),
+                        };
+                        let lookup = |name: &str| secrets.get(name).map(|v| v.as_str().to_owned());
+                        let r = caller.call_tool_with(spec, &args, &ctx.idempotency_key, &lookup).await;
                         if r.outcome_unknown {
                             Outcome::Unknown(r.text)
                         } else {
@@ -374,7 +437,7 @@ mod tests {
         let mut grants = Grants::default();
         grants.exposed_env.push(stead_core::grants::ExposedVar { name: "PATH".into(), tenants: Default::default() });
         let held = crate::held::HeldCredentials::default();
-        let r = Resolver { tenant: &tenant, grants: &grants, held: &held, mcp_guard: None };
+        let r = Resolver { tenant: &tenant, grants: &grants, held: &held, mcp_guard: None, secrets: HashMap::new() };
         assert_eq!(r.substitute("plain", false).unwrap(), "plain");
         let path = std::env::var("PATH").unwrap();
         assert_eq!(r.substitute("a ${env:PATH} b", false).unwrap(), format!("a {path} b"));
@@ -390,7 +453,7 @@ mod tests {
         let reference = guard.reference();
         assert_eq!(r.substitute(&format!("Bearer {reference}"), false).unwrap(), "Bearer tok-1234567890");
         let other = TenantId::new("other").unwrap();
-        let r2 = Resolver { tenant: &other, grants: &grants, held: &held, mcp_guard: None };
+        let r2 = Resolver { tenant: &other, grants: &grants, held: &held, mcp_guard: None, secrets: HashMap::new() };
         assert!(r2.substitute(&reference, false).is_err());
         drop(guard);
         assert!(r.substitute(&reference, false).unwrap_err().contains("no longer held"));

@@ -611,7 +611,8 @@ impl RunDriver {
             run_id: self.run_id,
             idempotency_key,
         };
-        self.tools.execute(call, &ctx, registry.http()).await
+        let vault = self.engine.options().vault.as_deref();
+        self.tools.execute(call, &ctx, registry.http(), vault).await
     }
 
     /// Compare-and-append with the run's fence. A conflict (someone else appended to the

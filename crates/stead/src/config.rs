@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// does not have (a rotation, or a flood of forged `kid`s; 1 to 3600) [default: 30].
     #[arg(long, env = "STEAD_OIDC_KEYS_COOLDOWN_SECS")]
     pub oidc_keys_cooldown_secs: Option<u64>,
+    /// File holding the vault's key-encryption key (32 bytes as 64 hex digits or base64).
+    /// `STEAD_VAULT_KEY` may give the key itself instead [default: DATA_DIR/vault.key, created
+    /// on first start].
+    #[arg(long, env = "STEAD_VAULT_KEY_FILE")]
+    pub vault_key_file: Option<PathBuf>,
     /// Addresses HTTP tools and `http_fetch` may reach although they are private, loopback or
     /// link-local: CIDRs (`10.0.0.0/8`) or host names (repeat, or comma-separate in the env
     /// var); `*` allows everything. By default only public addresses are reachable.
@@ -165,6 +170,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     item_cache_items: Option<usize>,
     oidc_keys_cooldown_secs: Option<u64>,
+    vault_key_file: Option<PathBuf>,
 }
 
 /// Options after merging flags, env, file and defaults.
@@ -198,6 +204,7 @@ pub struct ServeConfig {
     pub item_cache_items: usize,
     /// How often unknown keys may make an issuer's keys be fetched again.
     pub oidc_keys_cooldown: Duration,
+    pub vault_key_file: Option<PathBuf>,
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -294,6 +301,7 @@ impl ServeArgs {
                 .item_cache_items
                 .or(file.item_cache_items)
                 .unwrap_or(stead_openai::DEFAULT_ITEM_CACHE_ITEMS),
+            vault_key_file: self.vault_key_file.or(file.vault_key_file),
             oidc_keys_cooldown: Duration::from_secs(
                 self.oidc_keys_cooldown_secs.or(file.oidc_keys_cooldown_secs).unwrap_or(30),
             ),

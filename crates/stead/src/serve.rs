@@ -15,6 +15,34 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeArgs;
 
+/// The vault's key-encryption key: `STEAD_VAULT_KEY` (the key itself), `--vault-key-file`, or
+/// else `vault.key` in the data directory, created on first start (mode 0600; it then lives
+/// beside the data it protects, so a copy of the database alone reveals no secret).
+fn vault_key(cfg: &crate::config::ServeConfig) -> anyhow::Result<stead_vault::Kek> {
+    if let Ok(text) = std::env::var("STEAD_VAULT_KEY")
+        && !text.trim().is_empty()
+    {
+        return stead_vault::Kek::from_text(&text).map_err(|e| anyhow::anyhow!("STEAD_VAULT_KEY: {e}"));
+    }
+    let path = cfg.vault_key_file.clone().unwrap_or_else(|| cfg.data_dir.join("vault.key"));
+    if cfg.vault_key_file.is_none() && !path.exists() {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create the vault key {}", path.display()))?;
+        writeln!(f, "{}", stead_vault::Kek::generate_text())?;
+        f.sync_all()?;
+        tracing::warn!(path = %path.display(), "created a vault key beside the data; keep a copy elsewhere, or set --vault-key-file / STEAD_VAULT_KEY");
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read the vault key {}", path.display()))?;
+    stead_vault::Kek::from_text(&text).map_err(|e| anyhow::anyhow!("vault key {}: {e}", path.display()))
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.resolve()?;
     // rmcp's own log lines quote server answers (a 401 body may echo the token): off unless named.
@@ -53,8 +81,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )),
     };
     let grants = Arc::new(operator_grants(&cfg)?);
+    let store = store as Arc<dyn stead_store::Store>;
+    let vault = Arc::new(stead_vault::Vault::new(store.clone(), vault_key(&cfg)?));
+    tracing::info!(key = vault.kek_id(), "vault ready");
     let engine = Engine::new(
-        store as Arc<dyn stead_store::Store>,
+        store,
         Providers::with_named(ProviderDefaults::from_env(), grants.providers.values().cloned().collect()),
         ToolRegistry::with_builtins().with_http(http),
         EngineOptions {
@@ -65,6 +96,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_tool_output_bytes: cfg.max_tool_output_bytes,
             grants,
             mcp_url_guard: mcp_guard.clone(),
+            vault: Some(vault),
             ..EngineOptions::default()
         },
     );

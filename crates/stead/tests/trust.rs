@@ -35,12 +35,16 @@ impl Collector {
     async fn start() -> Collector {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
-        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
             let record = record.clone();
             async move {
                 let all: Vec<String> =
                     headers.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?"))).collect();
                 record.lock().unwrap().push(all.join("\n"));
+                // `/echo` answers with the headers it got (a server that echoes credentials).
+                if uri.path() == "/echo" {
+                    return axum::Json(json!({"headers": all}));
+                }
                 axum::Json(json!({"ok": true}))
             }
         });
@@ -334,4 +338,106 @@ async fn responses_credentials_never_reach_the_store() {
         }
     }
     assert!(!stead.stderr().contains(HEADER) && !stead.stderr().contains(AUTH));
+}
+
+/// The vault (issue 9 item 4): a secret stored through the API reaches the HTTP tool that names
+/// it as `${secret:NAME}` — and nowhere else: not the data directory, any API answer, the
+/// event stream, the tool result the model sees (the server echoes it: redacted), or stderr.
+/// Another tenant can neither list it nor use it by name.
+#[tokio::test]
+async fn vault_secrets_reach_only_the_tool_that_names_them() {
+    const VAULT_CANARY: &str = "vault-canary-3d7c51e9";
+    let s = setup(&[]).await;
+    let set = |key: &'static str, body: serde_json::Value| {
+        s.stead.send(s.stead.req_as(Some(key), Method::POST, "/v1/secrets").json(&body))
+    };
+    let r = set(KEY_A, json!({"name": "TICKETS", "value": VAULT_CANARY})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!((r.body["name"].as_str(), r.body["version"].as_u64()), (Some("TICKETS"), Some(1)));
+    for (body, code) in [
+        (json!({"name": "bad name", "value": "x"}), "invalid_secret_name"),
+        (json!({"name": "EMPTY", "value": ""}), "invalid_secret"),
+        (json!({"name": "X", "value": "x", "scope": "everyone"}), "invalid_scope"),
+    ] {
+        let r = set(KEY_A, body).await;
+        assert_eq!((r.status, r.code()), (400, code), "{}", r.body);
+    }
+    let big = set(KEY_A, json!({"name": "BIG", "value": "x".repeat(20_000)})).await;
+    assert_eq!((big.status, big.code()), (413, "limit_exceeded"), "{}", big.body);
+
+    let spec = format!(
+        "name: vaulted\nmodel: {{provider: scripted, name: e}}\ntools:\n  - name: ticket\n    type: http\n    http: {{method: GET, url: \"{}/echo\", headers: {{X-Token: \"Bearer ${{secret:TICKETS}}\"}}}}\n    idempotent: true\n",
+        s.collector.url
+    );
+    assert_eq!(apply_as(&s.stead, KEY_A, &spec).await.status, 201);
+    let session = s.stead.create_session("vaulted").await;
+    let run = s.stead.create_run(&session, "call ticket {}").await;
+    s.stead.wait_run(&run, "completed").await;
+    assert!(s.collector.everything_seen().contains(&format!("Bearer {VAULT_CANARY}")), "the tool got the secret");
+    let events = serde_json::to_string(&s.stead.events(&session).await).unwrap();
+    assert!(events.contains("[redacted]"), "the echoed secret is redacted in the tool result: {events}");
+
+    // The other tenant: no listing, and its own spec naming the secret gets nothing.
+    let theirs = s.stead.send(s.stead.req_as(Some(KEY_B), Method::GET, "/v1/secrets")).await;
+    assert_eq!(theirs.body["data"], json!([]), "{}", theirs.body);
+    assert_eq!(apply_as(&s.stead, KEY_B, &spec).await.status, 201);
+    let r = s
+        .stead
+        .send(s.stead.req_as(Some(KEY_B), Method::POST, "/v1/sessions").json(&json!({"agent": "vaulted"})))
+        .await;
+    let other_session = r.body["id"].as_str().unwrap().to_owned();
+    let r = s
+        .stead
+        .send(
+            s.stead
+                .req_as(Some(KEY_B), Method::POST, &format!("/v1/sessions/{other_session}/runs"))
+                .json(&json!({"input": "call ticket {}", "wait": true})),
+        )
+        .await;
+    let other_events =
+        s.stead.send(s.stead.req_as(Some(KEY_B), Method::GET, &format!("/v1/sessions/{other_session}/events"))).await;
+    assert!(
+        other_events.text.contains("does not hold"),
+        "the secret is not the other tenant's: {} {}",
+        r.text,
+        other_events.text
+    );
+
+    // Where the value must not be.
+    let mut answers = vec![events, other_events.text.clone()];
+    for path in ["/v1/secrets", "/v1/agents/vaulted", &format!("/v1/sessions/{session}"), &format!("/v1/runs/{run}")] {
+        answers.push(s.stead.get(path).await.text);
+    }
+    // The live event stream replays the log first: read what it sends for a moment.
+    let mut live = s
+        .stead
+        .send_raw(
+            s.stead.req(Method::GET, &format!("/v1/sessions/{session}/events")).header("accept", "text/event-stream"),
+        )
+        .await;
+    let mut streamed = Vec::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout(std::time::Duration::from_millis(500), live.chunk()).await {
+        streamed.extend_from_slice(&chunk);
+    }
+    let live = String::from_utf8_lossy(&streamed).into_owned();
+    assert!(live.contains("tool_call_completed"), "the stream replayed the log: {live}");
+    answers.push(live);
+    let listed = s.stead.get("/v1/secrets").await;
+    assert_eq!(listed.body["data"][0]["name"], "TICKETS", "{}", listed.body);
+    for (i, a) in answers.iter().enumerate() {
+        assert!(!a.contains(VAULT_CANARY), "answer {i} carries the secret: {a}");
+    }
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(&s.stead.data_dir).unwrap() {
+        stored.extend(std::fs::read(entry.unwrap().path()).unwrap_or_default());
+    }
+    assert!(
+        !String::from_utf8_lossy(&stored).contains(VAULT_CANARY),
+        "the secret is in the data directory in the clear"
+    );
+    assert!(!s.stead.stderr().contains(VAULT_CANARY));
+    let del = s.stead.send(s.stead.req(Method::DELETE, "/v1/secrets/TICKETS")).await;
+    assert_eq!(del.status, 204, "{}", del.text);
+    let again = s.stead.send(s.stead.req(Method::DELETE, "/v1/secrets/TICKETS")).await;
+    assert_eq!((again.status, again.code()), (404, "secret_not_found"));
 }

@@ -75,7 +75,19 @@ impl HttpCaller {
     /// Calls a `type: http` tool. Sends `Idempotency-Key: <idempotency_key>` so a server that
     /// honours it can recognise a retry after a crash.
     pub async fn call_tool(&self, spec: &HttpToolSpec, args: &Map<String, Value>, idempotency_key: &str) -> ToolResult {
-        match spec::prepare(spec, args, &*self.env) {
+        self.call_tool_with(spec, args, idempotency_key, &|_| None).await
+    }
+
+    /// [`HttpCaller::call_tool`] with the vault secrets its headers reference (revealed for
+    /// this call only; redacted from anything the server echoes, like `${env:…}` values).
+    pub async fn call_tool_with(
+        &self,
+        spec: &HttpToolSpec,
+        args: &Map<String, Value>,
+        idempotency_key: &str,
+        secrets: &spec::SecretLookup<'_>,
+    ) -> ToolResult {
+        match spec::prepare(spec, args, &*self.env, secrets) {
             Ok(prepared) => self.execute(prepared, idempotency_key).await,
             Err(message) => ToolResult::error(message),
         }

@@ -42,7 +42,7 @@ impl HttpToolSpec {
                 .iter()
                 .map(|p| match p {
                     HeaderPiece::Lit(s) => s.as_str(),
-                    HeaderPiece::Env(_) => "x",
+                    HeaderPiece::Env(_) | HeaderPiece::Secret(_) => "x",
                 })
                 .collect();
             HeaderValue::from_str(&sample)
@@ -66,8 +66,33 @@ pub(crate) struct Prepared {
 /// Where `${env:VAR}` values come from.
 pub(crate) type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
+/// Where `${secret:NAME}` values come from (the vault, revealed for this call).
+pub type SecretLookup<'a> = dyn Fn(&str) -> Option<String> + Send + Sync + 'a;
+
+impl HttpToolSpec {
+    /// The names of the vault secrets its headers reference (`${secret:NAME}`).
+    pub fn secret_refs(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, value) in &self.headers {
+            for piece in parse_header_value(name, value).unwrap_or_default() {
+                if let HeaderPiece::Secret(s) = piece
+                    && !out.contains(&s)
+                {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Builds the request for one call. Errors are tool errors: clear, and nothing was sent.
-pub(crate) fn prepare(spec: &HttpToolSpec, args: &Map<String, Value>, env: &EnvLookup) -> Result<Prepared, String> {
+pub(crate) fn prepare(
+    spec: &HttpToolSpec,
+    args: &Map<String, Value>,
+    env: &EnvLookup,
+    vault: &SecretLookup<'_>,
+) -> Result<Prepared, String> {
     let method = parse_method(&spec.method)?;
     let template = Template::parse(&spec.url)?;
     let mut url = template.render(args)?;
@@ -88,18 +113,36 @@ pub(crate) fn prepare(spec: &HttpToolSpec, args: &Map<String, Value>, env: &EnvL
         let mut text = String::new();
         let mut sensitive = false;
         for piece in parse_header_value(name, value)? {
-            match piece {
-                HeaderPiece::Lit(s) => text.push_str(&s),
+            let (v, what) = match piece {
+                HeaderPiece::Lit(s) => {
+                    text.push_str(&s);
+                    continue;
+                }
                 HeaderPiece::Env(var) => {
+                    let what = format!("the environment variable `{var}`");
                     let Some(v) = env(&var) else {
                         return Err(format!(
-                            "header `{name}` needs the environment variable `{var}`, which is not set on the Stead server; no request was sent"
+                            "header `{name}` needs {what}, which is not set on the Stead server; no request was sent"
                         ));
                     };
+                    (v, what)
+                }
+                HeaderPiece::Secret(secret) => {
+                    let what = format!("the secret `{secret}`");
+                    let Some(v) = vault(&secret) else {
+                        return Err(format!(
+                            "header `{name}` needs {what}, which this tenant's vault does not hold; no request was sent"
+                        ));
+                    };
+                    (v, what)
+                }
+            };
+            {
+                {
                     // Never quote the value: it is a credential.
                     if HeaderValue::from_str(&v).is_err() {
                         return Err(format!(
-                            "header `{name}`: the environment variable `{var}` has characters that are not allowed in a header value; no request was sent"
+                            "header `{name}`: {what} has characters that are not allowed in a header value; no request was sent"
                         ));
                     }
                     text.push_str(&v);
@@ -150,10 +193,16 @@ fn check_header_name(name: &str) -> Result<HeaderName, String> {
 enum HeaderPiece {
     Lit(String),
     Env(String),
+    /// A vault secret of the tenant.
+    Secret(String),
+}
+
+fn is_secret_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Splits `Bearer ${env:TOKEN}` into its parts. `${` starts a reference and must be a well-formed
-/// `${env:NAME}`; a lone `$` is literal.
+/// `${env:NAME}` or `${secret:NAME}`; a lone `$` is literal.
 fn parse_header_value(name: &str, value: &str) -> Result<Vec<HeaderPiece>, String> {
     let mut pieces = Vec::new();
     let mut rest = value;
@@ -164,10 +213,16 @@ fn parse_header_value(name: &str, value: &str) -> Result<Vec<HeaderPiece>, Strin
         let after = &rest[start + 2..];
         let end = after.find('}').ok_or_else(|| format!("header `{name}`: `${{` without a closing `}}`"))?;
         let inner = &after[..end];
-        let var = inner.strip_prefix("env:").filter(|v| is_identifier(v)).ok_or_else(|| {
-            format!("header `{name}`: `${{{inner}}}` is not a `${{env:NAME}}` reference (NAME: letters, digits, `_`)")
-        })?;
-        pieces.push(HeaderPiece::Env(var.to_owned()));
+        if let Some(secret) = inner.strip_prefix("secret:").filter(|v| is_secret_name(v)) {
+            pieces.push(HeaderPiece::Secret(secret.to_owned()));
+        } else {
+            let var = inner.strip_prefix("env:").filter(|v| is_identifier(v)).ok_or_else(|| {
+                format!(
+                    "header `{name}`: `${{{inner}}}` is not a `${{env:NAME}}` (NAME: letters, digits, `_`) or `${{secret:NAME}}` reference"
+                )
+            })?;
+            pieces.push(HeaderPiece::Env(var.to_owned()));
+        }
         rest = &after[end + 1..];
     }
     if !rest.is_empty() {
@@ -403,7 +458,29 @@ mod tests {
     }
 
     fn url_for(url: &str, a: Value) -> Result<String, String> {
-        prepare(&spec("GET", url), &args(a), &no_env).map(|p| p.url.to_string())
+        prepare(&spec("GET", url), &args(a), &no_env, &no_env).map(|p| p.url.to_string())
+    }
+
+    #[test]
+    fn secret_references_come_from_the_vault_and_are_redacted() {
+        let mut s = spec("GET", "https://api.example.com/");
+        s.headers.insert("Authorization".into(), "Bearer ${secret:TICKETS.token-1}".into());
+        s.headers.insert("X-Both".into(), "${secret:TICKETS.token-1}/${env:A}".into());
+        s.validate().unwrap();
+        assert_eq!(s.secret_refs(), ["TICKETS.token-1"]);
+        let vault = |name: &str| (name == "TICKETS.token-1").then(|| "vault-value-9".to_owned());
+        let env = |name: &str| (name == "A").then(|| "env-value".to_owned());
+        let p = prepare(&s, &Map::new(), &env, &vault).unwrap();
+        assert_eq!(p.headers["authorization"], "Bearer vault-value-9");
+        assert!(p.headers["authorization"].is_sensitive());
+        assert_eq!(p.secrets, ["vault-value-9", "env-value"], "both kinds are redacted from echoes");
+        let err = prepare(&s, &Map::new(), &env, &no_env).err().unwrap();
+        assert!(err.contains("the secret `TICKETS.token-1`") && err.contains("no request was sent"), "{err}");
+        for bad in ["${secret:}", "${secret:has space}", "${secret:a/b}", "${user:x}"] {
+            let mut b = spec("GET", "https://api.example.com/");
+            b.headers.insert("X".into(), bad.into());
+            assert!(b.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -455,8 +532,8 @@ mod tests {
         assert!(with_header("Bad Header", "x").contains("not a valid header name"));
         assert!(with_header("Host", "x").contains("set by Stead"));
         assert!(with_header("Idempotency-Key", "x").contains("set by Stead"));
-        assert!(with_header("X-A", "${env:}").contains("not a `${env:NAME}` reference"));
-        assert!(with_header("X-A", "${vault:X}").contains("not a `${env:NAME}` reference"));
+        assert!(with_header("X-A", "${env:}").contains("is not a `${env:NAME}`"));
+        assert!(with_header("X-A", "${vault:X}").contains("is not a `${env:NAME}`"));
         assert!(with_header("X-A", "${env:X").contains("without a closing"));
         assert!(with_header("X-A", "a\nb").contains("not allowed in a header value"));
     }
@@ -517,7 +594,7 @@ mod tests {
     fn unused_arguments_go_to_the_query_for_get_and_delete() {
         let a = args(json!({"id": "7", "q": "a b&c", "n": 3, "tags": ["x", "y"], "skip": null, "o": {"k": 1}}));
         for method in ["GET", "DELETE"] {
-            let p = prepare(&spec(method, "https://a.example/items/{id}?fixed=1"), &a, &no_env).unwrap();
+            let p = prepare(&spec(method, "https://a.example/items/{id}?fixed=1"), &a, &no_env, &no_env).unwrap();
             assert!(p.body.is_none());
             assert_eq!(
                 p.url.as_str(),
@@ -531,13 +608,14 @@ mod tests {
     fn unused_arguments_go_to_the_json_body_for_the_others() {
         let a = args(json!({"id": "7", "title": "hi", "n": 3, "skip": null}));
         for method in ["POST", "PUT", "PATCH"] {
-            let p = prepare(&spec(method, "https://a.example/items/{id}"), &a, &no_env).unwrap();
+            let p = prepare(&spec(method, "https://a.example/items/{id}"), &a, &no_env, &no_env).unwrap();
             assert_eq!(p.url.as_str(), "https://a.example/items/7");
             let body: Value = serde_json::from_slice(p.body.as_deref().unwrap()).unwrap();
             assert_eq!(body, json!({"title": "hi", "n": 3, "skip": null}));
             assert_eq!(p.headers[CONTENT_TYPE], "application/json");
         }
-        let p = prepare(&spec("POST", "https://a.example/items/{id}"), &args(json!({"id": 1})), &no_env).unwrap();
+        let p =
+            prepare(&spec("POST", "https://a.example/items/{id}"), &args(json!({"id": 1})), &no_env, &no_env).unwrap();
         assert_eq!(p.body.as_deref(), Some(&b"{}"[..]));
     }
 
@@ -555,7 +633,7 @@ mod tests {
         s.headers.insert("Authorization".into(), "Bearer ${env:TOKEN}".into());
         s.headers.insert("X-Plain".into(), "$literal".into());
         let env = |name: &str| (name == "TOKEN").then(|| "s3cret-value".to_owned());
-        let p = prepare(&s, &Map::new(), &env).unwrap();
+        let p = prepare(&s, &Map::new(), &env, &no_env).unwrap();
         assert_eq!(p.headers["authorization"], "Bearer s3cret-value");
         assert!(p.headers["authorization"].is_sensitive());
         assert_eq!(p.headers["x-plain"], "$literal");
@@ -567,10 +645,10 @@ mod tests {
     fn a_missing_or_unusable_variable_is_a_clear_error_without_its_value() {
         let mut s = spec("GET", "https://a.example/");
         s.headers.insert("Authorization".into(), "Bearer ${env:TOKEN}".into());
-        let err = prepare(&s, &Map::new(), &no_env).err().unwrap();
+        let err = prepare(&s, &Map::new(), &no_env, &no_env).err().unwrap();
         assert!(err.contains("`TOKEN`") && err.contains("not set") && err.contains("no request was sent"), "{err}");
         let env = |_: &str| Some("line\nbreak-secret".to_owned());
-        let err = prepare(&s, &Map::new(), &env).err().unwrap();
+        let err = prepare(&s, &Map::new(), &env, &no_env).err().unwrap();
         assert!(err.contains("not allowed in a header value") && !err.contains("break-secret"), "{err}");
     }
 }

@@ -198,6 +198,12 @@ pub struct Vault {
     keys: Mutex<HashMap<TenantId, (u32, Arc<XChaCha20Poly1305>)>>,
 }
 
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Vault(key {})", self.kek.id)
+    }
+}
+
 impl Vault {
     pub fn new(store: Arc<dyn Store>, kek: Kek) -> Self {
         Self { store, kek, keys: Mutex::new(HashMap::new()) }
