@@ -112,6 +112,27 @@ pub async fn agent_apply(args: &ClientArgs, file: &Path) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+/// `stead secrets set NAME`: the value comes from stdin, so it never sits in the shell's history
+/// or the process list.
+pub async fn secret_set(args: &ClientArgs, name: &str, scope: &str) -> anyhow::Result<ExitCode> {
+    let mut value = std::io::read_to_string(std::io::stdin()).context("cannot read the secret from stdin")?;
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    let c = Client::new(args)?;
+    let body = json!({"name": name, "value": value, "scope": scope});
+    let v = c.json(c.request(reqwest::Method::POST, "/v1/secrets").json(&body)).await?;
+    if args.json {
+        print_json(&v);
+    } else {
+        println!("{} v{} ({})", v["name"].as_str().unwrap_or(name), v["version"], v["scope"].as_str().unwrap_or(scope));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn session_create(
     args: &ClientArgs,
     agent: &str,

@@ -62,6 +62,9 @@ enum Command {
     /// Human decisions on tool calls.
     #[command(subcommand)]
     Approvals(ApprovalsCmd),
+    /// The credential vault: store, list and delete secrets (values are never shown).
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
     /// Approve a pending tool call; the run resumes.
     Approve {
         id: String,
@@ -108,6 +111,31 @@ enum ApprovalsCmd {
         output: Option<String>,
         #[arg(long)]
         reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCmd {
+    /// Store a secret, reading its value from stdin (a trailing newline is dropped).
+    Set {
+        name: String,
+        /// `tenant` (any agent of the tenant may use it) or `user` (your own).
+        #[arg(long, default_value = "tenant", value_parser = ["tenant", "user"])]
+        scope: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List secrets: names, scopes, versions.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Delete {
+        name: String,
+        #[arg(long, default_value = "tenant", value_parser = ["tenant", "user"])]
+        scope: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -286,6 +314,13 @@ fn main() -> ExitCode {
                 ApprovalsCmd::Resolve { id, action, output, reason, client } => {
                     let body = serde_json::json!({"action": action, "output": output, "reason": reason});
                     client::decide(&client, &id, "resolve", body).await
+                }
+            },
+            Command::Secrets(cmd) => match cmd {
+                SecretsCmd::Set { name, scope, client } => client::secret_set(&client, &name, &scope).await,
+                SecretsCmd::List { client } => client::get_print(&client, "/v1/secrets").await,
+                SecretsCmd::Delete { name, scope, client } => {
+                    client::delete(&client, &format!("/v1/secrets/{name}?scope={scope}")).await
                 }
             },
             Command::Approve { id, reason, arguments, client } => {

@@ -10,7 +10,7 @@ use std::path::Path;
 use reqwest::Method;
 use serde_json::{Value, json};
 use stead_core::ids::{RunId, SessionId};
-use support::{Options, Resp, Stead, cli, scripted_agent};
+use support::{Options, Resp, Stead, cli, cli_with_stdin, scripted_agent};
 
 fn url_env(stead: &Stead) -> Vec<(&'static str, String)> {
     vec![("STEAD_URL", stead.url.clone())]
@@ -811,4 +811,25 @@ async fn a_retried_run_create_returns_the_first_run() {
     let unkeyed = stead.post(&path, &json!({"input": "call ask"})).await;
     assert_eq!((unkeyed.status, unkeyed.code()), (409, "session_busy"), "{}", unkeyed.text);
     assert_eq!(stead.runs_of(&session).await.len(), 1, "one run for one request");
+}
+
+/// `stead secrets set|list|delete`: the value comes from stdin and is never printed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_cli_stores_lists_and_deletes_without_showing_values() {
+    let stead = Options::new().start().await;
+    let env = url_env(&stead);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let set = cli_with_stdin(&["secrets", "set", "TICKETS"], &env, Some("cli-canary-41b7\n")).await;
+    assert_eq!(set.code, Some(0), "{} {}", set.stdout, set.stderr);
+    assert_eq!(set.stdout.trim(), "TICKETS v1 (tenant)");
+    let list = stead_cli(&stead, &["secrets", "list"]).await;
+    assert!(list.stdout.contains("\"TICKETS\"") && !list.stdout.contains("cli-canary-41b7"), "{}", list.stdout);
+    let bad = cli_with_stdin(&["secrets", "set", "bad name"], &env, Some("x")).await;
+    assert_ne!(bad.code, Some(0));
+    assert!(bad.stderr.contains("invalid_secret_name"), "{}", bad.stderr);
+    let del = stead_cli(&stead, &["secrets", "delete", "TICKETS"]).await;
+    assert_eq!(del.code, Some(0), "{}", del.stderr);
+    let list = stead_cli(&stead, &["secrets", "list"]).await;
+    assert!(!list.stdout.contains("TICKETS"), "{}", list.stdout);
+    assert!(!stead.stderr().contains("cli-canary-41b7"));
 }

@@ -941,6 +941,11 @@ impl Cli {
 
 /// Runs `stead ARGS` with `env`, bounded by `TIMEOUT` (the process is killed past it).
 pub async fn cli(args: &[&str], env: &[(&str, &str)]) -> Cli {
+    cli_with_stdin(args, env, None).await
+}
+
+/// [`cli`] with `stdin` written to the command's standard input.
+pub async fn cli_with_stdin(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Cli {
     let mut cmd = tokio::process::Command::new(bin());
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
@@ -948,8 +953,19 @@ pub async fn cli(args: &[&str], env: &[(&str, &str)]) -> Cli {
             cmd.env_remove(&k);
         }
     }
-    cmd.args(args).envs(env.iter().copied()).stdin(Stdio::null()).kill_on_drop(true);
-    let out = match tokio::time::timeout(TIMEOUT, cmd.output()).await {
+    let input = if stdin.is_some() { Stdio::piped() } else { Stdio::null() };
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(input)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("cannot run the stead binary");
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use tokio::io::AsyncWriteExt as _;
+        pipe.write_all(text.as_bytes()).await.expect("write stdin");
+    }
+    let out = match tokio::time::timeout(TIMEOUT, child.wait_with_output()).await {
         Ok(r) => r.expect("cannot run the stead binary"),
         Err(_) => panic!("`stead {}` did not finish within {TIMEOUT:?}", args.join(" ")),
     };
