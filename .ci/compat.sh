@@ -33,6 +33,7 @@ export STEAD_BIN="$CARGO_TARGET_DIR/release/stead"
 
 echo "== compat: MCP reference servers" >&2
 eval "$(bash .ci/mcp-servers.sh)"
+export STEAD_REQUIRE_ALL_TESTS=1  # the servers are installed: an MCP test that would skip fails
 
 echo "== compat: pytest" >&2
 # No test may reach the network: the agents SDK's tracing is disabled in the tests, and the

@@ -150,11 +150,7 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
                 Self::bad_request("invalid_json", format!("the body is not valid JSON: {}", r.body_text()))
             }
             R::JsonDataError(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", r.body_text()),
-            R::MissingJsonContentType(_) => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as JSON with `Content-Type: application/json`",
-            ),
+            R::MissingJsonContentType(_) => not_json(),
             R::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
             _ => Self::bad_request("invalid_request", r.body_text()),
         }
@@ -175,6 +171,15 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(r: axum::extract::rejection::QueryRejection) -> Self {
         Self::bad_request("invalid_query", r.body_text())
     }
+}
+
+/// A JSON body sent without a JSON `Content-Type`.
+pub(crate) fn not_json() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as JSON with `Content-Type: application/json`",
+    )
 }
 
 fn too_large() -> ApiError {

@@ -1,19 +1,59 @@
 //! Extractors that turn every malformed request into our error shape, and the principal.
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use crate::{ApiError, AppState, Auth, Principal};
 
-/// `axum::Json`, but rejections become `ApiError`s (stable codes, one shape).
+/// `axum::Json`, but rejections become `ApiError`s (stable codes, one shape), and the body must
+/// be a JSON object ([`json_body`]).
 pub struct Json<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
-        Ok(Json(v))
+        if !json_content_type(req.headers()) {
+            return Err(crate::error::not_json());
+        }
+        let body = Bytes::from_request(req, state).await?;
+        json_body(&body).map(Json)
+    }
+}
+
+/// `application/json` or `application/*+json`, parameters allowed (what `axum::Json` accepts).
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let Some(subtype) = essence.strip_prefix("application/") else { return false };
+    subtype == "json" || subtype.ends_with("+json")
+}
+
+/// Parses a request body that must be a JSON object into `T`. serde_json would also read a
+/// struct from an array of its fields in order (`[null, null]`): no client means that, and the
+/// OpenAPI document does not allow it. Errors: `invalid_json` (400) for what is not JSON,
+/// `invalid_request` (422) for JSON of the wrong shape.
+pub fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(axum::Json::<T>::from_bytes(body)?.0),
+        _ => {
+            let axum::Json(value) = axum::Json::<serde_json::Value>::from_bytes(body)?;
+            let kind = match value {
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::Bool(_) => "a boolean",
+                serde_json::Value::Null => "null",
+                serde_json::Value::Object(_) => "an object", // begins with `{`: not here
+            };
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("the body must be a JSON object, not {kind}"),
+            ))
+        }
     }
 }
 

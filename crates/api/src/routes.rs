@@ -102,6 +102,7 @@ pub struct ListQuery {
     /// Cursor from the previous page's `next_cursor`.
     pub after: Option<String>,
     /// 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
@@ -329,7 +330,7 @@ pub async fn list_sessions(
 
 /// Get a session.
 #[utoipa::path(get, path = "/v1/sessions/{session_id}", tag = "sessions",
-    params(("session_id" = String, Path)),
+    params(("session_id" = String, Path, pattern = "^sess_[0-9a-fA-F]{32}$")),
     responses((status = 200, body = Session), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_session(
     State(state): State<AppState>,
@@ -342,7 +343,7 @@ pub async fn get_session(
 
 /// Delete a session with its events and runs. Refused while a worker holds one of its runs.
 #[utoipa::path(delete, path = "/v1/sessions/{session_id}", tag = "sessions",
-    params(("session_id" = String, Path)),
+    params(("session_id" = String, Path, pattern = "^sess_[0-9a-fA-F]{32}$")),
     responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::ErrorBody),
         (status = 409, description = "A run is being executed", body = crate::error::ErrorBody)))]
 pub async fn delete_session(
@@ -383,9 +384,13 @@ pub struct CreateRun {
     /// Answer with a server-sent event stream of the run (events, deltas, then `run`).
     #[serde(default)]
     pub stream: bool,
-    /// For `wait`: the longest to block (default 60, at most the server's max_wait).
+    /// For `wait`: the longest to block, 1 to the server's `--max-wait-secs` (default 60, or
+    /// that bound if it is lower).
     pub timeout_secs: Option<u64>,
 }
+
+/// How long a `wait` blocks when the request does not say.
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 
 /// How the caller wants the answer to a run-changing request.
 struct Delivery {
@@ -400,7 +405,9 @@ impl Delivery {
             return Err(ApiError::bad_request("invalid_request", "`wait` and `stream` cannot both be true"));
         }
         let max = state.options.max_wait;
-        let t = Duration::from_secs(self.timeout_secs.unwrap_or(60));
+        // Unsaid, it is the default, cut to the server's bound (a request that does not name
+        // `timeout_secs` cannot be refused for it).
+        let t = self.timeout_secs.map_or(DEFAULT_WAIT.min(max), Duration::from_secs);
         if t > max || t.is_zero() {
             return Err(ApiError::bad_request(
                 "invalid_request",
@@ -433,7 +440,7 @@ impl Delivery {
 /// `concurrency` policy: `reject` answers 409 `session_busy`, `enqueue` queues the run,
 /// `interrupt` cancels the active run first.
 #[utoipa::path(post, path = "/v1/sessions/{session_id}/runs", tag = "runs",
-    params(("session_id" = String, Path)), request_body = CreateRun,
+    params(("session_id" = String, Path, pattern = "^sess_[0-9a-fA-F]{32}$")), request_body = CreateRun,
     responses(
         (status = 201, description = "Run created (or finished/waiting, with `wait`)", body = Run),
         (status = 200, description = "With `stream`: text/event-stream of the run", content_type = "text/event-stream"),
@@ -476,7 +483,7 @@ pub async fn create_run(
 
 /// List a session's runs, oldest first.
 #[utoipa::path(get, path = "/v1/sessions/{session_id}/runs", tag = "runs",
-    params(("session_id" = String, Path), ListQuery),
+    params(("session_id" = String, Path, pattern = "^sess_[0-9a-fA-F]{32}$"), ListQuery),
     responses((status = 200, body = List<Run>), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn list_runs(
     State(state): State<AppState>,
@@ -496,7 +503,7 @@ pub async fn list_runs(
 }
 
 /// Get a run.
-#[utoipa::path(get, path = "/v1/runs/{run_id}", tag = "runs", params(("run_id" = String, Path)),
+#[utoipa::path(get, path = "/v1/runs/{run_id}", tag = "runs", params(("run_id" = String, Path, pattern = "^run_[0-9a-fA-F]{32}$")),
     responses((status = 200, body = Run), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_run(
     State(state): State<AppState>,
@@ -515,10 +522,11 @@ pub struct CancelRun {
 
 /// Cancel a run: at once if no worker holds it, else at its next safe point (a model call
 /// in flight is interrupted).
-#[utoipa::path(post, path = "/v1/runs/{run_id}/cancel", tag = "runs", params(("run_id" = String, Path)),
+#[utoipa::path(post, path = "/v1/runs/{run_id}/cancel", tag = "runs", params(("run_id" = String, Path, pattern = "^run_[0-9a-fA-F]{32}$")),
     request_body(content = Option<CancelRun>, content_type = "application/json"),
     responses((status = 200, body = Run), (status = 404, body = crate::error::ErrorBody),
-        (status = 409, description = "run_finished", body = crate::error::ErrorBody)))]
+        (status = 409, description = "run_finished", body = crate::error::ErrorBody),
+        (status = 422, description = "The JSON does not have the expected shape", body = crate::error::ErrorBody)))]
 pub async fn cancel_run(
     State(state): State<AppState>,
     principal: Principal,
@@ -526,12 +534,7 @@ pub async fn cancel_run(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<axum::Json<Run>, ApiError> {
     let id: RunId = parse_id(&id)?;
-    let body = body?;
-    let req: CancelRun = if body.iter().all(u8::is_ascii_whitespace) {
-        CancelRun::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
-    };
+    let req: CancelRun = optional_body(body)?;
     let reason = req.reason.unwrap_or_else(|| "cancelled by request".into());
     Ok(axum::Json(state.engine.cancel_run(&principal.tenant, &principal.id, &id, &reason).await?.into()))
 }
@@ -546,11 +549,12 @@ pub struct SubmitToolOutputs {
     pub wait: bool,
     #[serde(default)]
     pub stream: bool,
+    /// For `wait`: as in `CreateRun`.
     pub timeout_secs: Option<u64>,
 }
 
 /// Submit the outputs of client-side tool calls; the run resumes on any free worker.
-#[utoipa::path(post, path = "/v1/runs/{run_id}/tool_outputs", tag = "runs", params(("run_id" = String, Path)),
+#[utoipa::path(post, path = "/v1/runs/{run_id}/tool_outputs", tag = "runs", params(("run_id" = String, Path, pattern = "^run_[0-9a-fA-F]{32}$")),
     request_body = SubmitToolOutputs,
     responses((status = 200, body = Run),
         (status = 400, description = "Unknown, duplicate or missing call ids", body = crate::error::ErrorBody),
@@ -584,8 +588,10 @@ pub async fn submit_tool_outputs(
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Return events with a sequence number greater than this (default 0).
+    #[param(maximum = 9_223_372_036_854_775_807_u64)]
     pub after: Option<u64>,
     /// 1 to 1000 (default 100). JSON only.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// SSE only: also send model output deltas as `delta` events (not stored, no id).
     pub deltas: Option<bool>,
@@ -594,7 +600,7 @@ pub struct EventsQuery {
 /// A session's events: a JSON page, or — with `Accept: text/event-stream` — a live SSE stream
 /// whose event ids are sequence numbers, so `Last-Event-ID` resumes exactly where it broke.
 #[utoipa::path(get, path = "/v1/sessions/{session_id}/events", tag = "events",
-    params(("session_id" = String, Path), EventsQuery),
+    params(("session_id" = String, Path, pattern = "^sess_[0-9a-fA-F]{32}$"), EventsQuery),
     responses((status = 200, body = EventPage), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn session_events(
     State(state): State<AppState>,
@@ -604,6 +610,10 @@ pub async fn session_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let session: SessionId = parse_id(&id)?;
+    // Sequence numbers are int64, as the document says: a larger `after` names none.
+    if q.after.is_some_and(|a| i64::try_from(a).is_err()) {
+        return Err(ApiError::bad_request("invalid_query", format!("after must be between 0 and {}", i64::MAX)));
+    }
     let store = state.engine.store();
     store.get_session(&principal.tenant, &session).await?;
     let wants_sse =
@@ -635,7 +645,7 @@ pub async fn session_events(
 
 /// Recompute the session's hash chain and name the first broken link, if any.
 #[utoipa::path(get, path = "/v1/sessions/{session_id}/audit", tag = "events",
-    params(("session_id" = String, Path)),
+    params(("session_id" = String, Path, pattern = "^sess_[0-9a-fA-F]{32}$")),
     responses((status = 200, body = AuditReportView), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn audit_session(
     State(state): State<AppState>,
@@ -653,17 +663,24 @@ pub async fn audit_session(
 #[serde(deny_unknown_fields)]
 pub struct ApprovalsQuery {
     /// `pending` (default) or `all`.
+    #[param(pattern = "^(pending|all)$")]
     pub status: Option<String>,
     /// Only this session's approvals.
+    #[param(pattern = "^sess_[0-9a-fA-F]{32}$")]
     pub session_id: Option<String>,
+    /// Cursor from the previous page's `next_cursor` (an approval id).
+    #[param(pattern = "^apr_[0-9a-fA-F]{32}$")]
     pub after: Option<String>,
     /// 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
 /// List approvals, oldest first (by default only those waiting for a decision).
 #[utoipa::path(get, path = "/v1/approvals", tag = "approvals", params(ApprovalsQuery),
-    responses((status = 200, body = List<Approval>)))]
+    responses((status = 200, body = List<Approval>),
+        (status = 404, description = "The `after` cursor names no approval of yours (`approval_not_found`)",
+            body = crate::error::ErrorBody)))]
 pub async fn list_approvals(
     State(state): State<AppState>,
     principal: Principal,
@@ -690,7 +707,7 @@ pub async fn list_approvals(
 }
 
 /// Get an approval.
-#[utoipa::path(get, path = "/v1/approvals/{approval_id}", tag = "approvals", params(("approval_id" = String, Path)),
+#[utoipa::path(get, path = "/v1/approvals/{approval_id}", tag = "approvals", params(("approval_id" = String, Path, pattern = "^apr_[0-9a-fA-F]{32}$")),
     responses((status = 200, body = Approval), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_approval(
     State(state): State<AppState>,
@@ -734,13 +751,7 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&body).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-        } else {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string())
-        }
-    })
+    crate::extract::json_body(&body)
 }
 
 async fn decide(
@@ -755,7 +766,7 @@ async fn decide(
 }
 
 /// Approve a tool call (optionally with edited arguments). The run resumes on any free worker.
-#[utoipa::path(post, path = "/v1/approvals/{approval_id}/approve", tag = "approvals", params(("approval_id" = String, Path)),
+#[utoipa::path(post, path = "/v1/approvals/{approval_id}/approve", tag = "approvals", params(("approval_id" = String, Path, pattern = "^apr_[0-9a-fA-F]{32}$")),
     request_body(content = Option<ApproveRequest>, content_type = "application/json"),
     responses((status = 200, body = Approval), (status = 403, description = "Missing role", body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody),
@@ -777,7 +788,7 @@ pub async fn approve(
 }
 
 /// Deny a tool call; the model is told, with the reason, and carries on.
-#[utoipa::path(post, path = "/v1/approvals/{approval_id}/deny", tag = "approvals", params(("approval_id" = String, Path)),
+#[utoipa::path(post, path = "/v1/approvals/{approval_id}/deny", tag = "approvals", params(("approval_id" = String, Path, pattern = "^apr_[0-9a-fA-F]{32}$")),
     request_body(content = Option<DenyRequest>, content_type = "application/json"),
     responses((status = 200, body = Approval), (status = 403, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody), (status = 422, description = "The JSON does not have the expected shape", body = crate::error::ErrorBody)))]
@@ -793,7 +804,7 @@ pub async fn deny(
 }
 
 /// Settle a call whose outcome is unknown (it started, then the process crashed).
-#[utoipa::path(post, path = "/v1/approvals/{approval_id}/resolve", tag = "approvals", params(("approval_id" = String, Path)),
+#[utoipa::path(post, path = "/v1/approvals/{approval_id}/resolve", tag = "approvals", params(("approval_id" = String, Path, pattern = "^apr_[0-9a-fA-F]{32}$")),
     request_body = ResolveRequest,
     responses((status = 200, body = Approval), (status = 400, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),

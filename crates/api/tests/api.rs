@@ -209,6 +209,13 @@ async fn bad_input_gets_a_stable_code_and_changes_nothing() {
         ),
         ("GET", format!("/v1/sessions/{session}/events?limit=0"), None, StatusCode::BAD_REQUEST, "invalid_query"),
         ("GET", format!("/v1/sessions/{session}/events?after=-1"), None, StatusCode::BAD_REQUEST, "invalid_query"),
+        (
+            "GET",
+            format!("/v1/sessions/{session}/events?after=9223372036854775808"),
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
         ("GET", "/v1/sessions?limit=1000".into(), None, StatusCode::BAD_REQUEST, "invalid_query"),
         ("GET", "/v1/agents/helper/versions/x".into(), None, StatusCode::BAD_REQUEST, "invalid_version"),
         ("GET", "/v1/agents/helper/versions/9".into(), None, StatusCode::NOT_FOUND, "agent_not_found"),
@@ -233,6 +240,85 @@ async fn bad_input_gets_a_stable_code_and_changes_nothing() {
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("colour") && msg.contains("line 5"), "{msg}");
     assert_eq!(snapshot(&h.app, &session, None).await, before, "a refused request changed stored state");
+}
+
+/// serde_json reads a struct from an array of its fields in order too; every body must be an
+/// object, as the OpenAPI document says (found by `.ci/fuzz-api.sh`).
+#[tokio::test]
+async fn a_body_is_an_object_never_an_array_of_its_fields() {
+    let h = harness(Auth::none(), 1 << 20);
+    let session = setup_session(&h.app, None).await;
+    let (s, run) = call(
+        &h.app,
+        "POST",
+        &format!("/v1/sessions/{session}/runs"),
+        Some(("application/json", r#"{"input":"call ask {}","wait":true}"#)),
+        None,
+    )
+    .await;
+    assert_eq!((s, run["status"].as_str()), (StatusCode::CREATED, Some("requires_action")), "{run}");
+    let run = run["id"].as_str().unwrap().to_owned();
+    let before = snapshot(&h.app, &session, None).await;
+    let (_, sessions_before) = call(&h.app, "GET", "/v1/sessions", None, None).await;
+    let spec = r#"["helper2", "", {"provider": "scripted", "name": "s"}, "", [], [], {}, "enqueue", {}, "hold"]"#;
+    let cases = [
+        ("/v1/sessions".to_owned(), r#"["helper", null, null]"#, "invalid_request", "not an array"),
+        (format!("/v1/sessions/{session}/runs"), r#"["hi", false, false, null]"#, "invalid_request", "not an array"),
+        (format!("/v1/runs/{run}/tool_outputs"), r#"[[], false, false, null]"#, "invalid_request", "not an array"),
+        (format!("/v1/runs/{run}/cancel"), "[null]", "invalid_request", "not an array"),
+        ("/v1/approvals/appr_x/approve".to_owned(), "[null, null]", "invalid_request", "not an array"),
+        ("/v1/approvals/appr_x/resolve".to_owned(), r#""retry""#, "invalid_request", "not a string"),
+        ("/v1/sessions".to_owned(), "42", "invalid_request", "not a number"),
+        ("/v1/agents".to_owned(), spec, "invalid_agent_spec", "a JSON spec must be an object"),
+    ];
+    for (uri, body, code, says) in cases {
+        let (s, v) = call(&h.app, "POST", &uri, Some(("application/json", body)), None).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(code)),
+            "{uri} {body}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{uri} {body}: {message}");
+    }
+    // The same bodies as objects are fine: the refusal is about the shape only.
+    let (s, v) =
+        call(&h.app, "POST", "/v1/sessions", Some(("application/json", r#" {"agent": "helper"}"#)), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, sessions_after) = call(&h.app, "GET", "/v1/sessions", None, None).await;
+    assert_eq!(sessions_after["data"].as_array().unwrap().len(), sessions_before["data"].as_array().unwrap().len() + 1);
+    assert_eq!(snapshot(&h.app, &session, None).await, before, "a refused request changed stored state");
+}
+
+/// With `--max-wait-secs` under the default wait (60 s), a `wait` that names no `timeout_secs`
+/// waits up to the bound instead of being refused for a value it never sent (found by
+/// `.ci/fuzz-api.sh`, whose server runs with `--max-wait-secs 5`).
+#[tokio::test]
+async fn the_default_wait_is_cut_to_the_servers_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteOptions::new(dir.path())).unwrap();
+    let engine = Engine::new(
+        store as Arc<dyn stead_store::Store>,
+        Providers::new(ProviderDefaults::default()),
+        ToolRegistry::with_builtins(),
+        EngineOptions::default(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let (engine, stop) = (engine.clone(), stop.clone());
+        async move { engine.run(stop).await }
+    });
+    let options = ApiOptions { max_wait: Duration::from_secs(5), ..ApiOptions::default() };
+    let app = stead_api::app(AppState { engine, auth: Arc::new(Auth::none()), options });
+    let session = setup_session(&app, None).await;
+    let runs = format!("/v1/sessions/{session}/runs");
+    let (s, v) = call(&app, "POST", &runs, Some(("application/json", r#"{"input":"hi","wait":true}"#)), None).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::CREATED, Some("completed")), "{v}");
+    let body = r#"{"input":"hi","wait":true,"timeout_secs":6}"#;
+    let (s, v) = call(&app, "POST", &runs, Some(("application/json", body)), None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("between 1 and 5"), "{v}");
+    stop.cancel();
 }
 
 #[tokio::test]

@@ -195,3 +195,26 @@ async fn every_refusal_the_server_answers_is_documented() {
     }
     assert!(checked > 60, "only {checked} refusals checked");
 }
+
+/// A list cursor that names nothing is a documented 404 (found by `.ci/fuzz-api.sh`: `GET /v1/approvals?after=apr_0…0` was an
+/// undocumented 404).
+#[tokio::test]
+async fn unknown_cursors_are_documented_404s() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let doc = document();
+    let zero = "0".repeat(32);
+    for (path, query, code) in [("/v1/approvals", format!("after=apr_{zero}"), "approval_not_found")] {
+        let req = Request::builder()
+            .uri(format!("{path}?{query}"))
+            .header("authorization", format!("Bearer {KEY}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}?{query}");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], code, "{path}?{query}: {body}");
+        assert!(doc["paths"][path]["get"]["responses"]["404"].is_object(), "GET {path}: 404 is not documented");
+    }
+}

@@ -425,6 +425,13 @@ impl AgentSpec {
             SpecFormat::Json => crate::spec_depth::check_json(text)?,
             SpecFormat::Yaml => crate::spec_depth::check_yaml(text)?,
         }
+        // serde_json would also read the spec from an array of its fields in order; YAML's
+        // deserializer reads a struct from a mapping only.
+        if format == SpecFormat::Json && !text.trim_start().starts_with('{') {
+            return Err(Error::InvalidAgentSpec(
+                "a JSON spec must be an object: {\"name\": ..., \"model\": ...}".into(),
+            ));
+        }
         let spec: AgentSpec = match format {
             SpecFormat::Json => serde_json::from_str(text)
                 .map_err(|e| Error::InvalidAgentSpec(format!("{e} (line {}, column {})", e.line(), e.column())))?,
@@ -636,6 +643,20 @@ mod tests {
 
     const YAML: &str =
         "name: helper\nmodel:\n  provider: scripted\n  name: echo\ntools:\n  - name: clock\n    type: builtin\n";
+
+    #[test]
+    fn a_spec_is_a_mapping_never_a_list_of_its_fields_in_order() {
+        // name, description, model, instructions, tools, mcp_servers, limits, concurrency, context, pause
+        let fields =
+            r#"["helper", "", {"provider": "scripted", "name": "echo"}, "", [], [], {}, "enqueue", {}, "hold"]"#;
+        let err = AgentSpec::parse(fields, SpecFormat::Json).unwrap_err().to_string();
+        assert!(err.contains("a JSON spec must be an object"), "{err}");
+        let yaml = "- helper\n- null\n- {provider: scripted, name: echo}\n";
+        let err = AgentSpec::parse(yaml, SpecFormat::Yaml).unwrap_err().to_string();
+        assert!(err.contains("invalid type: sequence"), "{err}");
+        AgentSpec::parse(r#" {"name": "helper", "model": {"provider": "scripted", "name": "echo"}}"#, SpecFormat::Json)
+            .unwrap();
+    }
 
     #[test]
     fn minimal_yaml_parses_with_defaults() {

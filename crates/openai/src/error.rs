@@ -77,7 +77,7 @@ impl From<stead_store::Error> for OaiError {
     }
 }
 
-/// Parses a JSON body into `T`, naming the parameter at fault: an unknown one, or one whose
+/// Parses a JSON object body into `T`, naming the parameter at fault: an unknown one, or one whose
 /// value has the wrong type (found by trying each top-level key on its own; every field of
 /// the bodies parsed here is optional or defaulted, so a key alone fails only on its type).
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> OaiResult<T> {
@@ -88,6 +88,10 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> OaiResult<T> {
             format!("We could not parse the JSON body of your request: {e}"),
         )
     })?;
+    // serde would also read a struct from an array of its fields in order (`[null, null]`).
+    if !value.is_object() {
+        return Err(OaiError::new(StatusCode::BAD_REQUEST, "invalid_request_body", "The body must be a JSON object."));
+    }
     serde_json::from_value::<T>(value.clone()).map_err(|e| {
         let text = e.to_string();
         if let Some(rest) = text.strip_prefix("unknown field `")

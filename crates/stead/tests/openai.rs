@@ -1182,6 +1182,14 @@ async fn refused_requests_leave_state_untouched() {
         assert_openai_error(&r, 400, &format!("body {raw:?}"));
         assert_eq!(snapshot(&stead).await, snap, "body {raw:?} changed the sessions");
     }
+    // A body is an object, never an array of the fields in order (serde would read one; found
+    // by .ci/fuzz-api.sh, which made a conversation of `[null, null]`).
+    for (path, raw) in [("/v1/conversations", "[null, null]"), ("/v1/responses", r#"["scripted", "hi"]"#)] {
+        let r = stead.send(stead.req(Method::POST, path).header("content-type", "application/json").body(raw)).await;
+        assert_openai_error(&r, 400, &format!("{path} {raw}"));
+        assert_eq!(r.body["error"]["message"], "The body must be a JSON object.", "{path} {raw}: {}", r.text);
+        assert_eq!(snapshot(&stead).await, snap, "{path} {raw} changed the sessions");
+    }
     assert_eq!(stead.get_ok("/v1/agents").await, agents, "no agent version was made for a refused request");
     // The response refused requests pointed at is as it was.
     let again = stead.get_ok(&format!("/v1/responses/{r0_id}")).await;

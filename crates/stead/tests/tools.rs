@@ -11,7 +11,8 @@
 //!   who retries it (same key) or fails the run.
 //!
 //! The MCP tests print `SKIPPED …` and pass when `STEAD_MCP_EVERYTHING` is unset (run
-//! `eval "$(bash .ci/mcp-servers.sh)"` first, as `.ci/run` does).
+//! `eval "$(bash .ci/mcp-servers.sh)"` first), and fail instead under `STEAD_REQUIRE_ALL_TESTS=1`
+//! (`scripts/test`, the README's test command, sets both).
 
 mod support;
 
@@ -68,16 +69,25 @@ fn expected_key(session: &str, run: &str, step: u32, call: &str) -> String {
 
 const EVERYTHING: &str = "STEAD_MCP_EVERYTHING";
 
-/// The entry point of server-everything, or `None` after saying why the test is skipped.
+/// The entry point of server-everything, or `None` after saying why the test is skipped (a
+/// panic instead when `STEAD_REQUIRE_ALL_TESTS=1`).
 fn everything(test: &str) -> Option<PathBuf> {
     match std::env::var_os(EVERYTHING) {
         Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
         _ => {
+            // `scripts/test` (the README's test command) sets this: there, a missing server is
+            // a broken setup, not a reason to pass.
+            if std::env::var_os("STEAD_REQUIRE_ALL_TESTS").is_some_and(|v| v == "1") {
+                panic!(
+                    "{test}: {EVERYTHING} is not set but STEAD_REQUIRE_ALL_TESTS=1 forbids skipping; run \
+                     `eval \"$(bash .ci/mcp-servers.sh)\"` (scripts/test does)"
+                );
+            }
             // Straight to stderr: libtest captures `eprintln!` of passing tests.
             let _ = writeln!(
                 std::io::stderr(),
                 "SKIPPED {test}: {EVERYTHING} is not set; run `eval \"$(bash .ci/mcp-servers.sh)\"` to install the \
-                 reference MCP servers (.ci/run always does)"
+                 reference MCP servers (scripts/test always does)"
             );
             None
         }

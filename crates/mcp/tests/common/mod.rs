@@ -11,17 +11,26 @@ use std::time::Duration;
 
 use stead_mcp::{McpClient, ServerConfig, Transport};
 
-/// The path in env var `var`, or `None` after printing why the test is skipped.
+/// The path in env var `var`, or `None` after printing why the test is skipped (a panic
+/// instead when `STEAD_REQUIRE_ALL_TESTS=1`).
 pub fn server_path(var: &str, test: &str) -> Option<PathBuf> {
     match std::env::var_os(var) {
         Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
         _ => {
+            // `scripts/test` (the README's test command) sets this: there, a missing server is
+            // a broken setup, not a reason to pass.
+            if std::env::var_os("STEAD_REQUIRE_ALL_TESTS").is_some_and(|v| v == "1") {
+                panic!(
+                    "{test}: {var} is not set but STEAD_REQUIRE_ALL_TESTS=1 forbids skipping; run \
+                     `eval \"$(bash .ci/mcp-servers.sh)\"` (scripts/test does)"
+                );
+            }
             // Straight to stderr: libtest captures `eprintln!` of passing tests, and a skip
             // must be visible.
             let _ = writeln!(
                 std::io::stderr(),
                 "SKIPPED {test}: {var} is not set; run `eval \"$(bash .ci/mcp-servers.sh)\"` to install the \
-                 reference MCP servers (.ci/run always does)"
+                 reference MCP servers (scripts/test always does)"
             );
             None
         }
