@@ -259,7 +259,7 @@ pub(crate) fn agent_from_row(row: &Row<'_>) -> Result<AgentVersion> {
 
 /// An enum stored as its snake_case name, decoded through its serde form so the two never
 /// disagree.
-fn word<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+pub(crate) fn word<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
     serde_json::from_value(serde_json::Value::String(text.to_owned()))
         .map_err(|_| corrupt(format!("stored {what} {text:?} is not valid")))
 }
