@@ -315,6 +315,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub mod project;
+pub mod stored;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
