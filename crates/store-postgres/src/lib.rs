@@ -101,10 +101,9 @@ impl PostgresStore {
     /// Fails with `Unavailable` (naming host and port) if the server cannot be reached, and
     /// `Backend` if the schema was written by a newer Stead.
     pub async fn open(options: PostgresOptions) -> Result<Arc<Self>> {
-        let mut cfg: tokio_postgres::Config = options
-            .url
-            .parse()
-            .map_err(|e| Error::Backend(format!("invalid PostgreSQL URL (expected postgres://USER@HOST:PORT/DB): {e}")))?;
+        let mut cfg: tokio_postgres::Config = options.url.parse().map_err(|e| {
+            Error::Backend(format!("invalid PostgreSQL URL (expected postgres://USER@HOST:PORT/DB): {e}"))
+        })?;
         let target = target_of(&cfg);
         if let Some(schema) = &options.schema
             && !PostgresOptions::valid_schema_name(schema)
@@ -131,11 +130,8 @@ impl PostgresStore {
             .keepalives_interval(options.keepalive_interval)
             .keepalives_retries(3)
             .tcp_user_timeout(options.keepalive_idle + options.keepalive_interval * 3);
-        let manager = Manager::from_config(
-            cfg,
-            tokio_postgres::NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let manager =
+            Manager::from_config(cfg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -174,6 +170,15 @@ impl PostgresStore {
     /// `host:port` of the server this store talks to.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// A setting (`current_setting(name)`) as a pooled connection sees it; tests use it to
+    /// check what every connection is opened with.
+    #[doc(hidden)]
+    pub async fn connection_setting(&self, name: &str) -> Result<String> {
+        let client = self.client().await?;
+        let rows = query(&client, "SELECT current_setting($1)", &[&name]).await.map_err(|e| self.named(e.into()))?;
+        rows.first().map(|r| r.get::<_, String>(0)).ok_or_else(|| Error::Backend(format!("no setting {name}")))
     }
 
     /// A pooled connection; `Unavailable` (naming the server) when none can be had.

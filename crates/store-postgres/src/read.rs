@@ -86,7 +86,11 @@ pub(crate) async fn get_session(c: &impl GenericClient, tenant: &TenantId, id: &
 
 /// Newest first; the cursor is the last session id seen (ids are time-ordered UUIDv7, and
 /// bytea compares bytewise).
-pub(crate) async fn list_sessions(c: &impl GenericClient, tenant: &TenantId, page: &Page) -> Result<Vec<SessionRecord>> {
+pub(crate) async fn list_sessions(
+    c: &impl GenericClient,
+    tenant: &TenantId,
+    page: &Page,
+) -> Result<Vec<SessionRecord>> {
     let limit = page_limit(page);
     let rows = match &page.after {
         Some(after) => {
@@ -134,8 +138,7 @@ pub(crate) async fn read_events(
          (SELECT * FROM events e WHERE e.session_pk = s.pk AND e.seq > $3 ORDER BY e.seq LIMIT $4) e ON true \
          WHERE s.id = $1 AND s.tenant = $2 ORDER BY e.seq"
     );
-    let rows =
-        query(c, &sql, &[&&session.as_bytes()[..], &tenant.as_str(), &to_i64(after), &i64::from(limit)]).await?;
+    let rows = query(c, &sql, &[&&session.as_bytes()[..], &tenant.as_str(), &to_i64(after), &i64::from(limit)]).await?;
     events_of(&rows, tenant, session)
 }
 
@@ -152,8 +155,7 @@ pub(crate) async fn read_message_window(
          (SELECT * FROM events e WHERE e.session_pk = s.pk AND e.msg AND e.seq <= $3 ORDER BY e.seq DESC LIMIT $4) e \
          ON true WHERE s.id = $1 AND s.tenant = $2 ORDER BY e.seq"
     );
-    let rows =
-        query(c, &sql, &[&&session.as_bytes()[..], &tenant.as_str(), &to_i64(up_to), &i64::from(limit)]).await?;
+    let rows = query(c, &sql, &[&&session.as_bytes()[..], &tenant.as_str(), &to_i64(up_to), &i64::from(limit)]).await?;
     events_of(&rows, tenant, session)
 }
 
@@ -221,7 +223,11 @@ pub(crate) async fn list_runs(
     runs_of(&rows, session)
 }
 
-pub(crate) async fn active_runs(c: &impl GenericClient, tenant: &TenantId, session: &SessionId) -> Result<Vec<RunRecord>> {
+pub(crate) async fn active_runs(
+    c: &impl GenericClient,
+    tenant: &TenantId,
+    session: &SessionId,
+) -> Result<Vec<RunRecord>> {
     let sql = format!(
         "SELECT {RUN_COLUMNS} FROM sessions s LEFT JOIN LATERAL \
          (SELECT * FROM runs r WHERE r.session_pk = s.pk \
@@ -257,9 +263,12 @@ pub(crate) async fn list_approvals(
         Some(after) => {
             let missing = || Error::NotFound { what: "approval", id: after.chars().take(80).collect() };
             let id: ApprovalId = after.parse().map_err(|_| missing())?;
-            let rows =
-                query(c, "SELECT pk FROM approvals WHERE id = $1 AND tenant = $2", &[&&id.as_bytes()[..], &tenant.as_str()])
-                    .await?;
+            let rows = query(
+                c,
+                "SELECT pk FROM approvals WHERE id = $1 AND tenant = $2",
+                &[&&id.as_bytes()[..], &tenant.as_str()],
+            )
+            .await?;
             get(rows.first().ok_or_else(missing)?, 0, "approval key")?
         }
     };

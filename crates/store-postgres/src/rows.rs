@@ -80,21 +80,10 @@ pub(crate) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
-
 /// One column, of the expected type; anything else is corruption.
 pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize, what: &str) -> Result<T> {
     row.try_get(idx).map_err(|e| corrupt(format!("stored {what} does not decode: {e}")))
 }
-
-
-
-
-
-
-
-
-
-
 
 /// The event columns [`event_from_row`] reads, starting at column `at` of a row.
 pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.run_id, e.kind, e.actor, e.at, e.data, e.hash";

@@ -18,8 +18,7 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 pub(crate) async fn migrate(client: &mut deadpool_postgres::Client, schema: &str) -> Result<()> {
     let tx = client.transaction().await.pg()?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('stead_schema:' || current_schema()))", &[]).await.pg()?;
-    let tracked: bool =
-        tx.query_one("SELECT to_regclass('stead_schema') IS NOT NULL", &[]).await.pg()?.get(0);
+    let tracked: bool = tx.query_one("SELECT to_regclass('stead_schema') IS NOT NULL", &[]).await.pg()?.get(0);
     let version: i64 = if tracked {
         tx.query_one("SELECT coalesce(max(version), 0)::bigint FROM stead_schema", &[]).await.pg()?.get(0)
     } else {

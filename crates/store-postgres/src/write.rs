@@ -25,8 +25,8 @@ use stead_store::{
 use tokio_postgres::types::ToSql;
 
 use crate::rows::{
-    AGENT_COLUMNS, Attempt, Fail, Pg, RUN_COLUMNS, SESSION_COLUMNS, agent_from_row, corrupt, get, hash_bytes,
-    id_bytes, json, run_from_row, session_from_row, time, to_i64, to_json, to_u64, word,
+    AGENT_COLUMNS, Attempt, Fail, Pg, RUN_COLUMNS, SESSION_COLUMNS, agent_from_row, corrupt, get, hash_bytes, id_bytes,
+    json, run_from_row, session_from_row, time, to_i64, to_json, to_u64, word,
 };
 use crate::{PostgresStore, query};
 
@@ -51,7 +51,11 @@ async fn commit(store: &PostgresStore, tx: Transaction<'_>, session: &SessionId,
     Ok(())
 }
 
-pub(crate) async fn put_agent(store: &PostgresStore, tenant: &TenantId, spec: &AgentSpec) -> Attempt<(AgentVersion, bool)> {
+pub(crate) async fn put_agent(
+    store: &PostgresStore,
+    tenant: &TenantId,
+    spec: &AgentSpec,
+) -> Attempt<(AgentVersion, bool)> {
     let hash = spec_hash(spec)?;
     let mut client = store.client().await?;
     let tx = client.transaction().await.pg()?;
@@ -109,8 +113,7 @@ pub(crate) async fn create_session(
     first: &[SerializedBody],
     then: &[SerializedBody],
 ) -> Attempt<(SessionRecord, Event)> {
-    let NewSession { tenant_id, id, agent, agent_version, metadata, first_event, then: then_events, idempotency } =
-        new;
+    let NewSession { tenant_id, id, agent, agent_version, metadata, first_event, then: then_events, idempotency } = new;
     check_first_event(first_event)?;
     let mut client = store.client().await?;
     let tx = client.transaction().await.pg()?;
@@ -332,36 +335,45 @@ async fn append_in(
     let at = Timestamp(db_now).max(Timestamp(head_at));
     let loaded = loaded(batch.tenant, pk, &run_rows, &approval_rows)?;
     let plan = plan_append(batch.events, at, head, &loaded)?;
-    let sealed =
-        seal(&store.limits, batch.tenant, batch.session, head + 1, at, head_hash, batch.events.to_vec(), serialized.to_vec())?;
+    let sealed = seal(
+        &store.limits,
+        batch.tenant,
+        batch.session,
+        head + 1,
+        at,
+        head_hash,
+        batch.events.to_vec(),
+        serialized.to_vec(),
+    )?;
     let last = sealed.last().map_or((head, head_hash), |s| (s.event.seq, s.hash));
 
-    let (insert_run, update_run, insert_approval, move_approval, decide, extend, update_head, set_metadata) = tokio::try_join!(
-        tx.prepare_cached(
-            "INSERT INTO runs (id, tenant, session_pk, status, state, created_at, updated_at) \
+    let (insert_run, update_run, insert_approval, move_approval, decide, extend, update_head, set_metadata) =
+        tokio::try_join!(
+            tx.prepare_cached(
+                "INSERT INTO runs (id, tenant, session_pk, status, state, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $6)"
-        ),
-        // A run that no worker may hold (waiting on the client, finished) keeps no lease.
-        tx.prepare_cached(
-            "UPDATE runs SET status = $1, state = $2, updated_at = $3, \
+            ),
+            // A run that no worker may hold (waiting on the client, finished) keeps no lease.
+            tx.prepare_cached(
+                "UPDATE runs SET status = $1, state = $2, updated_at = $3, \
              lease_owner = CASE WHEN $4 THEN lease_owner END, lease_expires = CASE WHEN $4 THEN lease_expires END \
              WHERE pk = $5"
-        ),
-        tx.prepare_cached(
-            "INSERT INTO approvals (id, tenant, session_pk, run_id, kind, call_id, tool_name, arguments, role, \
+            ),
+            tx.prepare_cached(
+                "INSERT INTO approvals (id, tenant, session_pk, run_id, kind, call_id, tool_name, arguments, role, \
              reason, created_at, expires_at, decision, decided_by, decided_at, decision_reason, decided_arguments, \
              output) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-        ),
-        tx.prepare_cached("UPDATE approvals SET run_id = $1 WHERE id = $2"),
-        tx.prepare_cached(
-            "UPDATE approvals SET decision = $1, decided_by = $2, decided_at = $3, decision_reason = $4, \
+            ),
+            tx.prepare_cached("UPDATE approvals SET run_id = $1 WHERE id = $2"),
+            tx.prepare_cached(
+                "UPDATE approvals SET decision = $1, decided_by = $2, decided_at = $3, decision_reason = $4, \
              decided_arguments = $5, output = $6 WHERE id = $7"
-        ),
-        tx.prepare_cached("UPDATE runs SET lease_expires = $1 WHERE id = $2 AND lease_owner IS NOT NULL"),
-        tx.prepare_cached("UPDATE sessions SET head_seq = $1, head_hash = $2, updated_at = $3 WHERE pk = $4"),
-        tx.prepare_cached("UPDATE sessions SET metadata = $1 WHERE pk = $2"),
-    )
-    .pg()?;
+            ),
+            tx.prepare_cached("UPDATE runs SET lease_expires = $1 WHERE id = $2 AND lease_owner IS NOT NULL"),
+            tx.prepare_cached("UPDATE sessions SET head_seq = $1, head_hash = $2, updated_at = $3 WHERE pk = $4"),
+            tx.prepare_cached("UPDATE sessions SET metadata = $1 WHERE pk = $2"),
+        )
+        .pg()?;
 
     // Owned parameter values, alive while the statements below are in flight.
     let run_values: Vec<(Vec<u8>, &'static str, String)> = plan
@@ -414,11 +426,7 @@ async fn append_in(
     Ok(Some((events, note)))
 }
 
-async fn exec(
-    tx: &Transaction<'_>,
-    stmt: &tokio_postgres::Statement,
-    params: Params<'_>,
-) -> Attempt<u64> {
+async fn exec(tx: &Transaction<'_>, stmt: &tokio_postgres::Statement, params: Params<'_>) -> Attempt<u64> {
     tx.execute(stmt, &params).await.pg()
 }
 
@@ -550,9 +558,13 @@ fn loaded(
     let mut loaded = Loaded::default();
     for row in runs {
         let id = RunId::from_bytes(id_bytes(get(row, 0, "run id")?, "run")?);
-        let here = get::<i64>(row, 2, "run session")? == session_pk && get::<&str>(row, 3, "run tenant")? == tenant.as_str();
+        let here =
+            get::<i64>(row, 2, "run session")? == session_pk && get::<&str>(row, 3, "run tenant")? == tenant.as_str();
         let stored = if here {
-            StoredRun::Here { pk: get(row, 1, "run key")?, state: Box::new(json::<RunState>(get(row, 4, "run state")?, "run state")?) }
+            StoredRun::Here {
+                pk: get(row, 1, "run key")?,
+                state: Box::new(json::<RunState>(get(row, 4, "run state")?, "run state")?),
+            }
         } else {
             StoredRun::Elsewhere
         };
@@ -645,14 +657,14 @@ async fn claim_idempotency(
 pub(crate) async fn delete_session(store: &PostgresStore, tenant: &TenantId, id: &SessionId) -> Attempt<()> {
     let mut client = store.client().await?;
     let tx = client.transaction().await.pg()?;
-    let rows =
-        query(&tx, "SELECT pk FROM sessions WHERE id = $1 AND tenant = $2 FOR UPDATE", &[&&id.as_bytes()[..], &tenant.as_str()])
-            .await?;
-    let pk: i64 = get(
-        rows.first().ok_or_else(|| Error::NotFound { what: "session", id: id.to_string() })?,
-        0,
-        "session key",
-    )?;
+    let rows = query(
+        &tx,
+        "SELECT pk FROM sessions WHERE id = $1 AND tenant = $2 FOR UPDATE",
+        &[&&id.as_bytes()[..], &tenant.as_str()],
+    )
+    .await?;
+    let pk: i64 =
+        get(rows.first().ok_or_else(|| Error::NotFound { what: "session", id: id.to_string() })?, 0, "session key")?;
     // Locking every run of the session keeps claims (which skip locked rows) off them.
     let runs = query(
         &tx,
@@ -700,7 +712,12 @@ const CLAIM: &str = "WITH now AS MATERIALIZED (SELECT (extract(epoch from clock_
      FROM now, c LEFT JOIN sessions s ON s.pk = c.session_pk \
      WHERE r.pk = c.pk";
 
-pub(crate) async fn claim_runs(store: &PostgresStore, worker: &str, lease: Duration, max: usize) -> Attempt<Vec<Claim>> {
+pub(crate) async fn claim_runs(
+    store: &PostgresStore,
+    worker: &str,
+    lease: Duration,
+    max: usize,
+) -> Attempt<Vec<Claim>> {
     let mut client = store.client().await?;
     let tx = client.transaction().await.pg()?;
     let sql = format!("{CLAIM} RETURNING {RUN_COLUMNS}, {SESSION_COLUMNS}, now.ms");

@@ -5,12 +5,10 @@
 //! `Corrupt`, never a panic.
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Params, Row, params};
-use serde::de::DeserializeOwned;
 use stead_core::agent::AgentSpec;
-use stead_core::event::{Actor, ApprovalDecision, ApprovalKind, Event, EventBody};
+use stead_core::event::{Actor, ApprovalDecision, ApprovalKind, Event};
 use stead_core::ids::{AgentVersionId, ApprovalId, RunId, SessionId, TenantId};
 use stead_core::run::RunState;
-use stead_core::time::Timestamp;
 use stead_store::{AgentVersion, ApprovalRecord, Error, Lease, Result, RunRecord, SessionRecord};
 
 pub(crate) use stead_store::stored::{
@@ -68,16 +66,6 @@ impl Cached for Connection {
 
 /// Prepared statements each connection keeps (the writer runs about 30 distinct ones).
 pub(crate) const STATEMENT_CACHE: usize = 64;
-
-
-
-
-
-
-
-
-
-
 
 /// Columns of an event row, in the order [`EVENT_COLUMNS`] selects them.
 pub(crate) const EVENT_COLUMNS: &str = "seq, run_id, kind, actor, at, data, hash";
@@ -222,7 +210,6 @@ pub(crate) fn agent_from_row(row: &Row<'_>) -> Result<AgentVersion> {
         created_at: time(created_at, "agent version creation time")?,
     })
 }
-
 
 /// The approval columns [`approval_from_row`] reads, for `approvals a JOIN sessions s`.
 pub(crate) const APPROVAL_COLUMNS: &str = "a.id, a.tenant, s.id, a.run_id, a.kind, a.call_id, a.tool_name, \

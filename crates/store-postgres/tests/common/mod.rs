@@ -16,10 +16,21 @@ fn required() -> bool {
     std::env::var("STEAD_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1")
 }
 
+/// The URL with its password, if any, replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let Some(at) = url[start..].find('@').map(|i| start + i) else { return url.to_owned() };
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}***{}", &url[..start + colon + 1], &url[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// `Ok` when PostgreSQL answers; `Err(why)` to skip; panics when every test is required.
 pub async fn postgres_ready() -> Result<(), String> {
     let url = url();
-    let attempt = tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&url, tokio_postgres::NoTls)).await;
+    let attempt =
+        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&url, tokio_postgres::NoTls)).await;
     let why = match attempt {
         Ok(Ok((client, conn))) => {
             tokio::spawn(conn);
@@ -31,7 +42,7 @@ pub async fn postgres_ready() -> Result<(), String> {
         Ok(Err(e)) => e.to_string(),
         Err(_) => "connection timed out".into(),
     };
-    let msg = format!("PostgreSQL unreachable at {url} ({why})");
+    let msg = format!("PostgreSQL unreachable at {} ({why})", redacted(&url));
     if required() {
         panic!("{msg}, and STEAD_REQUIRE_ALL_TESTS=1");
     }
