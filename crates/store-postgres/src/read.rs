@@ -41,13 +41,7 @@ pub(crate) async fn get_agent(
     };
     match rows.first() {
         Some(row) => agent_from_row(row),
-        None => Err(Error::NotFound {
-            what: "agent",
-            id: match version {
-                Some(v) => format!("{name} version {v}"),
-                None => name.to_owned(),
-            },
-        }),
+        None => Err(stead_store::project::agent_not_found(name, version)),
     }
 }
 

@@ -11,12 +11,12 @@ use std::time::Duration;
 use deadpool_postgres::{GenericClient, Transaction};
 use stead_core::agent::AgentSpec;
 use stead_core::event::{ApprovalKind, Event, NewEvent, SerializedBody};
-use stead_core::ids::{AgentVersionId, RunId, SessionId, TenantId};
+use stead_core::ids::{RunId, SessionId, TenantId};
 use stead_core::run::RunState;
 use stead_core::time::Timestamp;
 use stead_store::project::{
     self, AppendPlan, DecisionRow, Loaded, StoredApproval, StoredRun, check_first_event, check_session_limit,
-    first_run_created, plan_append, seal, spec_hash,
+    first_run_created, plan_append, seal,
 };
 use stead_store::{
     AgentVersion, AppendRequest, Claim, Committed, Error, Fence, IdempotencyKey, IdempotencyRecord, NewSession,
@@ -56,7 +56,6 @@ pub(crate) async fn put_agent(
     tenant: &TenantId,
     spec: &AgentSpec,
 ) -> Attempt<(AgentVersion, bool)> {
-    let hash = spec_hash(spec)?;
     let mut client = store.client().await?;
     let tx = client.transaction().await.pg()?;
     let sql =
@@ -65,24 +64,9 @@ pub(crate) async fn put_agent(
         Some(row) => Some(agent_from_row(row)?),
         None => None,
     };
-    if let Some(latest) = latest.as_ref().filter(|l| l.spec_hash == hash) {
-        return Ok((latest.clone(), false));
-    }
-    let version = match &latest {
-        Some(l) => l
-            .version
-            .checked_add(1)
-            .ok_or_else(|| Error::LimitExceeded(format!("agent {} has too many versions", spec.name)))?,
-        None => 1,
-    };
-    let agent = AgentVersion {
-        id: AgentVersionId::new(),
-        tenant_id: tenant.clone(),
-        name: spec.name.clone(),
-        version,
-        spec: spec.clone(),
-        spec_hash: hash,
-        created_at: Timestamp::now(),
+    let agent = match project::next_agent_version(tenant, spec, latest)? {
+        Ok(new) => new,
+        Err(same) => return Ok((same, false)),
     };
     let inserted = query(
         &tx,
@@ -101,7 +85,7 @@ pub(crate) async fn put_agent(
     .await?;
     if inserted.is_empty() {
         // Another writer stored this version first: look again.
-        return Err(Fail::Retry(format!("agent {} version {version} was stored concurrently", spec.name)));
+        return Err(Fail::Retry(format!("agent {} version {} was stored concurrently", spec.name, agent.version)));
     }
     tx.commit().await.pg()?;
     Ok((agent, true))

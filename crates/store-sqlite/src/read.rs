@@ -96,13 +96,7 @@ pub(crate) fn get_agent(
             rows.next().sql()?.map(agent_from_row).transpose()?
         }
     };
-    found.ok_or_else(|| Error::NotFound {
-        what: "agent",
-        id: match version {
-            Some(v) => format!("{name} version {v}"),
-            None => name.to_owned(),
-        },
-    })
+    found.ok_or_else(|| stead_store::project::agent_not_found(name, version))
 }
 
 /// The latest version of each agent, by name; the cursor is the last name seen.

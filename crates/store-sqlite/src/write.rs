@@ -9,12 +9,12 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Statement, params};
 use stead_core::agent::AgentSpec;
 use stead_core::event::{ApprovalKind, Event, SerializedBody};
-use stead_core::ids::{AgentVersionId, ApprovalId, RunId, SessionId, TenantId};
+use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::run::RunState;
 use stead_core::time::Timestamp;
 use stead_store::project::{
     self, AppendPlan, DecisionRow, Loaded, References, Sealed, StoredApproval, StoredRun, check_first_event,
-    check_session_limit, first_run_created, plan_append, seal, spec_hash,
+    check_session_limit, first_run_created, plan_append, seal,
 };
 use stead_store::{
     AgentVersion, AppendRequest, Claim, Committed, Error, IdempotencyKey, IdempotencyRecord, NewSession, Result,
@@ -30,7 +30,6 @@ use crate::writer::WriteCtx;
 type Written<T> = Result<(T, Vec<Committed>)>;
 
 pub(crate) fn put_agent(conn: &Connection, tenant: &TenantId, spec: &AgentSpec) -> Written<(AgentVersion, bool)> {
-    let hash = spec_hash(spec)?;
     let latest = {
         let sql =
             format!("SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1");
@@ -41,24 +40,9 @@ pub(crate) fn put_agent(conn: &Connection, tenant: &TenantId, spec: &AgentSpec) 
             None => None,
         }
     };
-    if let Some(latest) = latest.as_ref().filter(|l| l.spec_hash == hash) {
-        return Ok(((latest.clone(), false), Vec::new()));
-    }
-    let version = match &latest {
-        Some(l) => l
-            .version
-            .checked_add(1)
-            .ok_or_else(|| Error::LimitExceeded(format!("agent {} has too many versions", spec.name)))?,
-        None => 1,
-    };
-    let agent = AgentVersion {
-        id: AgentVersionId::new(),
-        tenant_id: tenant.clone(),
-        name: spec.name.clone(),
-        version,
-        spec: spec.clone(),
-        spec_hash: hash,
-        created_at: Timestamp::now(),
+    let agent = match project::next_agent_version(tenant, spec, latest)? {
+        Ok(new) => new,
+        Err(same) => return Ok(((same, false), Vec::new())),
     };
     conn.exec(
         "INSERT INTO agents (tenant, name, version, id, spec, spec_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

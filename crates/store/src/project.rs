@@ -17,11 +17,11 @@ use stead_core::event::{
     ApprovalDecision, ApprovalKind, CarriedCall, ErrorInfo, Event, EventBody, NewEvent, SerializedBody,
     chain_hash_serialized,
 };
-use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
+use stead_core::ids::{AgentVersionId, ApprovalId, RunId, SessionId, TenantId};
 use stead_core::run::{RunState, RunStatus};
 use stead_core::time::Timestamp;
 
-use crate::{Committed, Error, Result};
+use crate::{AgentVersion, Committed, Error, Result};
 
 /// The limits every write enforces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,46 @@ pub fn spec_hash(spec: &AgentSpec) -> Result<String> {
     let canonical =
         serde_jcs::to_vec(spec).map_err(|e| Error::Backend(format!("cannot canonicalize agent spec: {e}")))?;
     Ok(hex::encode(Sha256::digest(&canonical)))
+}
+
+/// What storing `spec` as its agent's next version means, given the agent's latest version:
+/// `Ok(Err(latest))` when the spec equals it (nothing to store), else the new version to insert.
+pub fn next_agent_version(
+    tenant: &TenantId,
+    spec: &AgentSpec,
+    latest: Option<AgentVersion>,
+) -> Result<std::result::Result<AgentVersion, AgentVersion>> {
+    let hash = spec_hash(spec)?;
+    if let Some(latest) = latest.as_ref().filter(|l| l.spec_hash == hash) {
+        return Ok(Err(latest.clone()));
+    }
+    let version = match &latest {
+        Some(l) => l
+            .version
+            .checked_add(1)
+            .ok_or_else(|| Error::LimitExceeded(format!("agent {} has too many versions", spec.name)))?,
+        None => 1,
+    };
+    Ok(Ok(AgentVersion {
+        id: AgentVersionId::new(),
+        tenant_id: tenant.clone(),
+        name: spec.name.clone(),
+        version,
+        spec: spec.clone(),
+        spec_hash: hash,
+        created_at: Timestamp::now(),
+    }))
+}
+
+/// `NotFound` for an agent, or one version of it.
+pub fn agent_not_found(name: &str, version: Option<u32>) -> Error {
+    Error::NotFound {
+        what: "agent",
+        id: match version {
+            Some(v) => format!("{name} version {v}"),
+            None => name.to_owned(),
+        },
+    }
 }
 
 /// Serializes every event's body (the costly, transaction-independent part of hashing) before
