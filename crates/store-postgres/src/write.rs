@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
 use stead_core::agent::AgentSpec;
 use stead_core::event::{ApprovalKind, Event, NewEvent, SerializedBody};
 use stead_core::ids::{RunId, SessionId, TenantId};
@@ -37,18 +37,64 @@ const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 type Pending<'a> = Pin<Box<dyn Future<Output = Attempt<u64>> + Send + 'a>>;
 
-/// Commits `tx` and publishes `notes`, under the session's commit lock (see
-/// `PostgresStore::commit_locks`) so commits of one session are published in order.
-async fn commit(store: &PostgresStore, tx: Transaction<'_>, session: &SessionId, notes: Vec<Committed>) -> Attempt<()> {
-    let _order = store.commit_lock(session).lock().await;
-    tx.commit().await.map_err(|e| match crate::rows::classify(&e) {
+/// A transaction on a pooled connection whose `BEGIN` and `COMMIT` travel in the same
+/// pipeline as the statements next to them, saving a round trip at each end. Dropped while
+/// still open (a write whose caller gave up mid-flight, a broken connection), it closes its
+/// connection instead of returning it to the pool: the server rolls the transaction back, and
+/// no later user of the pool inherits it.
+struct Tx {
+    client: Option<deadpool_postgres::Client>,
+    open: bool,
+}
+
+impl Tx {
+    /// Takes a connection; nothing is sent until the first pipeline (which starts with `BEGIN`).
+    async fn start(store: &PostgresStore) -> Attempt<Self> {
+        Ok(Self { client: Some(store.client().await?), open: true })
+    }
+
+    fn c(&self) -> &deadpool_postgres::Client {
+        self.client.as_ref().expect("the client is only taken on drop")
+    }
+
+    /// Ends the transaction with what `result` says: a refused write is rolled back (if the
+    /// connection still works; otherwise dropping closes it).
+    async fn end<T>(mut self, result: Attempt<T>) -> Attempt<T> {
+        if result.is_err() && self.open && self.c().batch_execute("ROLLBACK").await.is_ok() {
+            self.open = false;
+        }
+        result
+    }
+
+    /// Commits and publishes `notes`, under the session's commit lock (see
+    /// `PostgresStore::commit_locks`) so commits of one session are published in order.
+    async fn commit(&mut self, store: &PostgresStore, session: &SessionId, notes: Vec<Committed>) -> Attempt<()> {
+        let _order = store.commit_lock(session).lock().await;
+        self.c().batch_execute("COMMIT").await.map_err(|e| unknown_outcome(&e))?;
+        self.open = false;
+        store.publish(notes);
+        Ok(())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if self.open
+            && let Some(client) = self.client.take()
+        {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+/// A `COMMIT` that failed: on a lost connection nobody knows whether it took effect.
+fn unknown_outcome(e: &tokio_postgres::Error) -> Fail {
+    match crate::rows::classify(e) {
         Fail::Store(Error::Unavailable(m)) => {
             Fail::Store(Error::Unavailable(format!("the commit's outcome is unknown (connection lost): {m}")))
         }
         other => other,
-    })?;
-    store.publish(notes);
-    Ok(())
+    }
 }
 
 pub(crate) async fn put_agent(
@@ -97,35 +143,54 @@ pub(crate) async fn create_session(
     first: &[SerializedBody],
     then: &[SerializedBody],
 ) -> Attempt<(SessionRecord, Event)> {
-    let NewSession { tenant_id, id, agent, agent_version, metadata, first_event, then: then_events, idempotency } = new;
-    check_first_event(first_event)?;
-    let mut client = store.client().await?;
-    let tx = client.transaction().await.pg()?;
-    if let Some(key) = idempotency
-        && let Some(record) = idempotency_record(&tx, tenant_id, &key.key).await?
-    {
-        return Err(Error::IdempotencyKeyUsed(Box::new(record)).into());
-    }
+    check_first_event(&new.first_event)?;
     check_session_limit(&store.limits, 0, 1)?;
-    let inserted = query(
-        &tx,
-        &format!(
-            "INSERT INTO sessions (id, tenant, agent, agent_version, metadata, head_seq, head_hash, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, 0, $6, {DB_NOW}, {DB_NOW}) \
-             ON CONFLICT (id) DO NOTHING RETURNING pk, created_at"
-        ),
-        &[
-            &&id.as_bytes()[..],
-            &tenant_id.as_str(),
-            agent,
-            &i64::from(*agent_version),
-            &to_json(metadata, "session metadata")?,
-            &&stead_core::event::GENESIS_HASH[..],
-        ],
+    let mut tx = Tx::start(store).await?;
+    let result = create_session_in(store, &mut tx, new, first, then).await;
+    tx.end(result).await
+}
+
+async fn create_session_in(
+    store: &PostgresStore,
+    tx: &mut Tx,
+    new: &NewSession,
+    first: &[SerializedBody],
+    then: &[SerializedBody],
+) -> Attempt<(SessionRecord, Event)> {
+    let NewSession { tenant_id, id, agent, agent_version, metadata, first_event, then: then_events, idempotency } = new;
+    let c = tx.c();
+    let insert_sql = format!(
+        "INSERT INTO sessions (id, tenant, agent, agent_version, metadata, head_seq, head_hash, created_at, \
+         updated_at) VALUES ($1, $2, $3, $4, $5, 0, $6, {DB_NOW}, {DB_NOW}) \
+         ON CONFLICT (id) DO NOTHING RETURNING pk, created_at"
+    );
+    let (idem_stmt, insert_stmt) =
+        tokio::try_join!(c.prepare_cached(IDEMPOTENCY_RECORD), c.prepare_cached(&insert_sql)).pg()?;
+    let metadata_json = to_json(metadata, "session metadata")?;
+    let now = Timestamp::now().millis();
+    let key = idempotency.as_ref().map(|k| k.key.as_str());
+    let idem_params: [&(dyn ToSql + Sync); 3] = [&tenant_id.as_str(), &key, &now];
+    let insert_params: [&(dyn ToSql + Sync); 6] = [
+        &&id.as_bytes()[..],
+        &tenant_id.as_str(),
+        agent,
+        &i64::from(*agent_version),
+        &metadata_json,
+        &&stead_core::event::GENESIS_HASH[..],
+    ];
+    // One pipeline: BEGIN, the idempotency check, the insert (skipped if the check finds a claim:
+    // the transaction is rolled back then).
+    let (_, idem_rows, inserted) = tokio::try_join!(
+        c.batch_execute("BEGIN"),
+        async { if key.is_some() { c.query(&idem_stmt, &idem_params).await } else { Ok(Vec::new()) } },
+        c.query(&insert_stmt, &insert_params),
     )
-    .await?;
+    .pg()?;
+    if let (Some(row), Some(key)) = (idem_rows.first(), key) {
+        return Err(Error::IdempotencyKeyUsed(Box::new(idempotency_from_row(row, key)?)).into());
+    }
     let Some(row) = inserted.first() else {
-        let rows = query(&tx, "SELECT tenant, head_seq FROM sessions WHERE id = $1", &[&&id.as_bytes()[..]]).await?;
+        let rows = query(c, "SELECT tenant, head_seq FROM sessions WHERE id = $1", &[&&id.as_bytes()[..]]).await?;
         let actual = match rows.first() {
             // Another tenant's session is reported as merely "not empty", never its real head.
             Some(row) if get::<&str>(row, 0, "session tenant")? == tenant_id.as_str() => {
@@ -148,9 +213,10 @@ pub(crate) async fn create_session(
         first.to_vec(),
     )?;
     let first = sealed.into_iter().next().ok_or_else(|| Error::Backend("sealing produced no event".into()))?;
-    insert_events(&tx, pk, tenant_id, at, std::slice::from_ref(&first)).await?;
-    let stmt = tx.prepare_cached("UPDATE sessions SET head_seq = 1, head_hash = $1 WHERE pk = $2").await.pg()?;
-    tx.execute(&stmt, &[&&first.hash[..], &pk]).await.pg()?;
+    let head_stmt = c.prepare_cached("UPDATE sessions SET head_seq = 1, head_hash = $1 WHERE pk = $2").await.pg()?;
+    tokio::try_join!(insert_events(c, pk, tenant_id, at, std::slice::from_ref(&first)), async {
+        c.execute(&head_stmt, &[&&first.hash[..], &pk]).await.pg()
+    },)?;
     let event = first.event;
     let mut record = SessionRecord {
         id: *id,
@@ -171,19 +237,19 @@ pub(crate) async fn create_session(
     }];
     if !then_events.is_empty() {
         let batch = Batch { tenant: tenant_id, session: *id, expected_head: 1, events: then_events, fence: None };
-        if let Some((events, note)) = append_in(store, &tx, &batch, then).await?
-            && let Some(last) = events.last()
-        {
-            record.head_seq = last.seq;
-            record.head_hash = last.hash.clone();
-            record.updated_at = last.at;
-            notes.push(note);
+        if let Some(appended) = append_in(store, tx, &batch, then, Pipeline::Inside).await? {
+            if let Some(last) = appended.events.last() {
+                record.head_seq = last.seq;
+                record.head_hash = last.hash.clone();
+                record.updated_at = last.at;
+            }
+            notes.push(appended.note);
         }
     }
     if let Some(key) = idempotency {
-        claim_idempotency(&tx, tenant_id, key, pk, *id, first_run_created(then_events)).await?;
+        claim_idempotency(tx.c(), tenant_id, key, pk, *id, first_run_created(then_events)).await?;
     }
-    commit(store, tx, id, notes).await?;
+    tx.commit(store, id, notes).await?;
     Ok((record, event))
 }
 
@@ -192,14 +258,17 @@ pub(crate) async fn append(
     req: &AppendRequest,
     serialized: &[SerializedBody],
 ) -> Attempt<Vec<Event>> {
-    let mut client = store.client().await?;
-    let tx = client.transaction().await.pg()?;
-    if let Some(key) = &req.idempotency
-        && let Some(record) = idempotency_record(&tx, &req.tenant_id, &key.key).await?
-    {
-        // Checked before the head, so a retry whose first attempt moved the head still finds it.
-        return Err(Error::IdempotencyKeyUsed(Box::new(record)).into());
-    }
+    let mut tx = Tx::start(store).await?;
+    let result = append_tx(store, &mut tx, req, serialized).await;
+    tx.end(result).await
+}
+
+async fn append_tx(
+    store: &PostgresStore,
+    tx: &mut Tx,
+    req: &AppendRequest,
+    serialized: &[SerializedBody],
+) -> Attempt<Vec<Event>> {
     let batch = Batch {
         tenant: &req.tenant_id,
         session: req.session_id,
@@ -207,26 +276,31 @@ pub(crate) async fn append(
         events: &req.events,
         fence: req.fence.as_ref(),
     };
-    let Some((events, note)) = append_in(store, &tx, &batch, serialized).await? else {
+    let Some(key) = &req.idempotency else {
+        // The common case: BEGIN … COMMIT in two round trips.
+        return match append_in(store, tx, &batch, serialized, Pipeline::Whole).await? {
+            Some(appended) => Ok(appended.events),
+            None => {
+                tx.c().batch_execute("ROLLBACK").await.pg()?;
+                tx.open = false;
+                Ok(Vec::new())
+            }
+        };
+    };
+    let Some(appended) = append_in(store, tx, &batch, serialized, Pipeline::Begin(&key.key)).await? else {
+        tx.c().batch_execute("ROLLBACK").await.pg()?;
+        tx.open = false;
         return Ok(Vec::new());
     };
-    if let Some(key) = &req.idempotency {
-        let pk: i64 = get(
-            query(&tx, "SELECT pk FROM sessions WHERE id = $1", &[&&req.session_id.as_bytes()[..]])
-                .await?
-                .first()
-                .ok_or_else(|| corrupt("the appended session vanished"))?,
-            0,
-            "session key",
-        )?;
-        let run = events
-            .iter()
-            .find(|e| matches!(e.body, stead_core::event::EventBody::RunCreated { .. }))
-            .and_then(|e| e.run_id);
-        claim_idempotency(&tx, &req.tenant_id, key, pk, req.session_id, run).await?;
-    }
-    commit(store, tx, &req.session_id, vec![note]).await?;
-    Ok(events)
+    let run = first_run_created_in(&appended.events);
+    claim_idempotency(tx.c(), &req.tenant_id, key, appended.session_pk, req.session_id, run).await?;
+    tx.commit(store, &req.session_id, vec![appended.note]).await?;
+    Ok(appended.events)
+}
+
+/// The run a committed batch created first, if any.
+fn first_run_created_in(events: &[Event]) -> Option<RunId> {
+    events.iter().find(|e| matches!(e.body, stead_core::event::EventBody::RunCreated { .. })).and_then(|e| e.run_id)
 }
 
 /// What to append, borrowed from an [`AppendRequest`] or a [`NewSession`].
@@ -238,56 +312,93 @@ struct Batch<'a> {
     fence: Option<&'a Fence>,
 }
 
-/// Compare-and-append inside `tx`: locks the session row, checks head and fence, folds the
-/// events with `stead_store::project` and writes them with every projection. `None` when
-/// there was nothing to append (the checks passed).
+/// How an append sits in its transaction.
+enum Pipeline<'a> {
+    /// The whole transaction: `BEGIN` goes with the reads, `COMMIT` with the writes (and the
+    /// commit is published before returning).
+    Whole,
+    /// Begins the transaction, checks this idempotency key after locking the session, and
+    /// leaves the transaction open for the caller to claim the key and commit.
+    Begin(&'a str),
+    /// Inside a transaction the caller began and will commit.
+    Inside,
+}
+
+/// An accepted append.
+struct Appended {
+    events: Vec<Event>,
+    note: Committed,
+    session_pk: i64,
+}
+
+/// Compare-and-append in `tx`: locks the session row, checks head and fence, folds the events
+/// with `stead_store::project` and writes them with every projection — one pipeline of reads,
+/// one of writes. `None` when there was nothing to append (the checks passed; the transaction
+/// is left open).
 async fn append_in(
     store: &PostgresStore,
-    tx: &Transaction<'_>,
+    tx: &mut Tx,
     batch: &Batch<'_>,
     serialized: &[SerializedBody],
-) -> Attempt<Option<(Vec<Event>, Committed)>> {
+    pipeline: Pipeline<'_>,
+) -> Attempt<Option<Appended>> {
+    let c = tx.c();
     let refs = project::references(batch.events);
     let session_id = &batch.session.as_bytes()[..];
     let run_ids: Vec<&[u8]> = refs.runs.iter().map(|r| &r.as_bytes()[..]).collect();
     let approval_ids: Vec<&[u8]> = refs.approvals.iter().map(|a| &a.as_bytes()[..]).collect();
     let fence_run = batch.fence.map(|f| f.run_id.as_bytes().to_vec());
+    let (begin, key) = match pipeline {
+        Pipeline::Whole => (true, None),
+        Pipeline::Begin(key) => (true, Some(key)),
+        Pipeline::Inside => (false, None),
+    };
 
     // Prepared first, then sent together: the statements reach the server in this order, so
-    // the session row is locked before the fenced run's.
+    // the session row is locked before the fenced run's, and the key is checked under the lock
+    // (a claim committed by a writer we waited for is seen).
     let lock_sql = format!(
         "SELECT pk, head_seq, head_hash, updated_at, {DB_NOW} FROM sessions WHERE id = $1 AND tenant = $2 FOR UPDATE"
     );
     let tenant = batch.tenant.as_str();
-    let (lock, fence_stmt, runs_stmt, approvals_stmt) = tokio::try_join!(
-        tx.prepare_cached(&lock_sql),
-        tx.prepare_cached(
+    let (lock, idem_stmt, fence_stmt, runs_stmt, approvals_stmt) = tokio::try_join!(
+        c.prepare_cached(&lock_sql),
+        c.prepare_cached(IDEMPOTENCY_RECORD),
+        c.prepare_cached(
             "SELECT session_pk, tenant, lease_owner IS NOT NULL, lease_token FROM runs WHERE id = $1 FOR UPDATE"
         ),
-        tx.prepare_cached("SELECT id, pk, session_pk, tenant, state FROM runs WHERE id = ANY($1)"),
-        tx.prepare_cached(
+        c.prepare_cached("SELECT id, pk, session_pk, tenant, state FROM runs WHERE id = ANY($1)"),
+        c.prepare_cached(
             "SELECT id, tenant, session_pk, run_id, kind, call_id, tool_name, arguments, decision IS NOT NULL \
              FROM approvals WHERE id = ANY($1)"
         ),
     )
     .pg()?;
+    let now = Timestamp::now().millis();
     let lock_params: [&(dyn ToSql + Sync); 2] = [&session_id, &tenant];
-    let (session_rows, fence_rows, run_rows, approval_rows) = tokio::try_join!(
-        tx.query(&lock, &lock_params),
+    let idem_params: [&(dyn ToSql + Sync); 3] = [&tenant, &key, &now];
+    let (_, session_rows, idem_rows, fence_rows, run_rows, approval_rows) = tokio::try_join!(
+        async { if begin { c.batch_execute("BEGIN").await } else { Ok(()) } },
+        c.query(&lock, &lock_params),
+        async { if key.is_some() { c.query(&idem_stmt, &idem_params).await } else { Ok(Vec::new()) } },
         async {
             match &fence_run {
-                Some(id) => tx.query(&fence_stmt, &[&id.as_slice()]).await,
+                Some(id) => c.query(&fence_stmt, &[&id.as_slice()]).await,
                 None => Ok(Vec::new()),
             }
         },
-        async { if run_ids.is_empty() { Ok(Vec::new()) } else { tx.query(&runs_stmt, &[&run_ids]).await } },
+        async { if run_ids.is_empty() { Ok(Vec::new()) } else { c.query(&runs_stmt, &[&run_ids]).await } },
         async {
-            if approval_ids.is_empty() { Ok(Vec::new()) } else { tx.query(&approvals_stmt, &[&approval_ids]).await }
+            if approval_ids.is_empty() { Ok(Vec::new()) } else { c.query(&approvals_stmt, &[&approval_ids]).await }
         },
     )
     .pg()?;
 
     let row = session_rows.first().ok_or_else(|| Error::NotFound { what: "session", id: batch.session.to_string() })?;
+    if let (Some(idem), Some(key)) = (idem_rows.first(), key) {
+        // Checked before the head, so a retry whose first attempt moved the head still finds it.
+        return Err(Error::IdempotencyKeyUsed(Box::new(idempotency_from_row(idem, key)?)).into());
+    }
     let pk: i64 = get(row, 0, "session key")?;
     let head = to_u64(get(row, 1, "session head")?, "session head")?;
     let head_hash = hash_bytes(get(row, 2, "session head hash")?)?;
@@ -300,7 +411,7 @@ async fn append_in(
         let valid = match fence_rows.first() {
             Some(r) => {
                 get::<i64>(r, 0, "run session")? == pk
-                    && get::<&str>(r, 1, "run tenant")? == batch.tenant.as_str()
+                    && get::<&str>(r, 1, "run tenant")? == tenant
                     && get::<bool>(r, 2, "run lease")?
                     && get::<i64>(r, 3, "fencing token")? == to_i64(fence.token)
             }
@@ -330,32 +441,34 @@ async fn append_in(
         serialized.to_vec(),
     )?;
     let last = sealed.last().map_or((head, head_hash), |s| (s.event.seq, s.hash));
+    let events: Vec<Event> = sealed.iter().map(|s| s.event.clone()).collect();
+    let note = project::committed(batch.tenant, batch.session, &events, &plan);
 
     let (insert_run, update_run, insert_approval, move_approval, decide, extend, update_head, set_metadata) =
         tokio::try_join!(
-            tx.prepare_cached(
+            c.prepare_cached(
                 "INSERT INTO runs (id, tenant, session_pk, status, state, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $6)"
             ),
             // A run that no worker may hold (waiting on the client, finished) keeps no lease.
-            tx.prepare_cached(
+            c.prepare_cached(
                 "UPDATE runs SET status = $1, state = $2, updated_at = $3, \
              lease_owner = CASE WHEN $4 THEN lease_owner END, lease_expires = CASE WHEN $4 THEN lease_expires END \
              WHERE pk = $5"
             ),
-            tx.prepare_cached(
+            c.prepare_cached(
                 "INSERT INTO approvals (id, tenant, session_pk, run_id, kind, call_id, tool_name, arguments, role, \
              reason, created_at, expires_at, decision, decided_by, decided_at, decision_reason, decided_arguments, \
              output) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
             ),
-            tx.prepare_cached("UPDATE approvals SET run_id = $1 WHERE id = $2"),
-            tx.prepare_cached(
+            c.prepare_cached("UPDATE approvals SET run_id = $1 WHERE id = $2"),
+            c.prepare_cached(
                 "UPDATE approvals SET decision = $1, decided_by = $2, decided_at = $3, decision_reason = $4, \
              decided_arguments = $5, output = $6 WHERE id = $7"
             ),
-            tx.prepare_cached("UPDATE runs SET lease_expires = $1 WHERE id = $2 AND lease_owner IS NOT NULL"),
-            tx.prepare_cached("UPDATE sessions SET head_seq = $1, head_hash = $2, updated_at = $3 WHERE pk = $4"),
-            tx.prepare_cached("UPDATE sessions SET metadata = $1 WHERE pk = $2"),
+            c.prepare_cached("UPDATE runs SET lease_expires = $1 WHERE id = $2 AND lease_owner IS NOT NULL"),
+            c.prepare_cached("UPDATE sessions SET head_seq = $1, head_hash = $2, updated_at = $3 WHERE pk = $4"),
+            c.prepare_cached("UPDATE sessions SET metadata = $1 WHERE pk = $2"),
         )
         .pg()?;
 
@@ -372,57 +485,74 @@ async fn append_in(
     let last_seq = to_i64(last.0);
     let last_hash = &last.1[..];
 
-    let mut writes: Vec<Pending<'_>> = vec![Box::pin(insert_events(tx, pk, batch.tenant, at, &sealed))];
+    let mut writes: Vec<Pending<'_>> = vec![Box::pin(insert_events(c, pk, batch.tenant, at, &sealed))];
     if let Some(m) = &metadata {
-        writes.push(Box::pin(exec(tx, &set_metadata, vec![m, &pk])));
+        writes.push(Box::pin(exec(c, &set_metadata, vec![m, &pk])));
     }
     for a in &approval_values.new {
         let mut params: Params<'_> = vec![&a.id, &tenant, &pk, &a.run_id, &a.kind, &a.call_id, &a.tool_name];
         params.extend([&a.arguments as &(dyn ToSql + Sync), &a.role, &a.reason, &a.created_at, &a.expires_at]);
         params.extend(a.decision.params());
-        writes.push(Box::pin(exec(tx, &insert_approval, params)));
+        writes.push(Box::pin(exec(c, &insert_approval, params)));
     }
-    for c in &approval_values.changed {
-        writes.push(Box::pin(exec(tx, &move_approval, vec![&c.run_id, &c.id])));
-        if c.decision.decision.is_some() {
-            let mut params = c.decision.params();
-            params.push(&c.id);
-            writes.push(Box::pin(exec(tx, &decide, params)));
+    for ch in &approval_values.changed {
+        writes.push(Box::pin(exec(c, &move_approval, vec![&ch.run_id, &ch.id])));
+        if ch.decision.decision.is_some() {
+            let mut params = ch.decision.params();
+            params.push(&ch.id);
+            writes.push(Box::pin(exec(c, &decide, params)));
         }
     }
     for (r, (id, status, state)) in plan.runs.iter().zip(&run_values) {
         writes.push(match &r.pk {
-            None => Box::pin(exec(tx, &insert_run, vec![id, &tenant, &pk, status, state, &at_ms])),
+            None => Box::pin(exec(c, &insert_run, vec![id, &tenant, &pk, status, state, &at_ms])),
             Some(run_pk) => {
                 let claimable: &(dyn ToSql + Sync) = if r.state.status.is_claimable() { &true } else { &false };
-                Box::pin(exec(tx, &update_run, vec![status, state, &at_ms, claimable, run_pk]))
+                Box::pin(exec(c, &update_run, vec![status, state, &at_ms, claimable, run_pk]))
             }
         });
     }
     if let (Some(until), Some(id)) = (&extend_to, &fence_run) {
-        writes.push(Box::pin(exec(tx, &extend, vec![until, id])));
+        writes.push(Box::pin(exec(c, &extend, vec![until, id])));
     }
-    writes.push(Box::pin(exec(tx, &update_head, vec![&last_seq, &last_hash, &at_ms, &pk])));
-    futures_util::future::try_join_all(writes).await?;
+    writes.push(Box::pin(exec(c, &update_head, vec![&last_seq, &last_hash, &at_ms, &pk])));
 
-    let events: Vec<Event> = sealed.into_iter().map(|s| s.event).collect();
-    let note = project::committed(batch.tenant, batch.session, &events, &plan);
-    Ok(Some((events, note)))
+    if !matches!(pipeline, Pipeline::Whole) {
+        futures_util::future::try_join_all(writes).await?;
+        return Ok(Some(Appended { events, note, session_pk: pk }));
+    }
+    // COMMIT rides in the same pipeline. Statements run in order, so if a write fails the
+    // transaction is aborted and this COMMIT only ends it (PostgreSQL answers ROLLBACK); the
+    // first error in order is the cause.
+    let order = store.commit_lock(&batch.session).lock().await;
+    let (results, committed) =
+        tokio::join!(futures_util::future::join_all(writes), async { c.batch_execute("COMMIT").await });
+    if let Some(failed) = results.into_iter().find_map(Result::err) {
+        if committed.is_ok() {
+            tx.open = false;
+        }
+        return Err(failed);
+    }
+    committed.map_err(|e| unknown_outcome(&e))?;
+    tx.open = false;
+    store.publish(vec![note.clone()]);
+    drop(order);
+    Ok(Some(Appended { events, note, session_pk: pk }))
 }
 
-async fn exec(tx: &Transaction<'_>, stmt: &tokio_postgres::Statement, params: Params<'_>) -> Attempt<u64> {
-    tx.execute(stmt, &params).await.pg()
+async fn exec(c: &deadpool_postgres::Client, stmt: &tokio_postgres::Statement, params: Params<'_>) -> Attempt<u64> {
+    c.execute(stmt, &params).await.pg()
 }
 
 /// Inserts sealed events in one statement (arrays unnested server-side).
 async fn insert_events(
-    tx: &Transaction<'_>,
+    c: &deadpool_postgres::Client,
     session_pk: i64,
     tenant: &TenantId,
     at: Timestamp,
     sealed: &[project::Sealed],
 ) -> Attempt<u64> {
-    let stmt = tx
+    let stmt = c
         .prepare_cached(
             "INSERT INTO events (session_pk, seq, tenant, run_id, kind, actor, at, data, hash, msg) \
              SELECT $1, u.seq, $2, u.run_id, u.kind, u.actor, $3, u.data, u.hash, u.msg \
@@ -438,7 +568,7 @@ async fn insert_events(
     let data: Vec<&str> = sealed.iter().map(|s| s.data_json.as_str()).collect();
     let hashes: Vec<&[u8]> = sealed.iter().map(|s| &s.hash[..]).collect();
     let msgs: Vec<bool> = sealed.iter().map(|s| s.event.body.is_message()).collect();
-    tx.execute(
+    c.execute(
         &stmt,
         &[&session_pk, &tenant.as_str(), &at.millis(), &seqs, &runs, &kinds, &actors, &data, &hashes, &msgs],
     )
@@ -573,35 +703,36 @@ fn loaded(
     Ok(loaded)
 }
 
+/// The live (unexpired) claim of a tenant's idempotency key: `$1` tenant, `$2` key, `$3` now.
+const IDEMPOTENCY_RECORD: &str = "SELECT fingerprint, session_id, run_id, created_at, expires_at \
+     FROM idempotency_keys WHERE tenant = $1 AND key = $2 AND expires_at > $3";
+
 /// The live (unexpired) claim of a tenant's idempotency key.
 pub(crate) async fn idempotency_record(
     c: &impl GenericClient,
     tenant: &TenantId,
     key: &str,
 ) -> Attempt<Option<IdempotencyRecord>> {
-    let rows = query(
-        c,
-        "SELECT fingerprint, session_id, run_id, created_at, expires_at FROM idempotency_keys \
-         WHERE tenant = $1 AND key = $2 AND expires_at > $3",
-        &[&tenant.as_str(), &key, &Timestamp::now().millis()],
-    )
-    .await?;
-    let Some(row) = rows.first() else { return Ok(None) };
+    let rows = query(c, IDEMPOTENCY_RECORD, &[&tenant.as_str(), &key, &Timestamp::now().millis()]).await?;
+    rows.first().map(|row| idempotency_from_row(row, key)).transpose().map_err(Fail::from)
+}
+
+fn idempotency_from_row(row: &tokio_postgres::Row, key: &str) -> stead_store::Result<IdempotencyRecord> {
     let run: Option<&[u8]> = get(row, 2, "idempotency run")?;
-    Ok(Some(IdempotencyRecord {
+    Ok(IdempotencyRecord {
         key: key.to_owned(),
         fingerprint: get(row, 0, "idempotency fingerprint")?,
         session_id: SessionId::from_bytes(id_bytes(get(row, 1, "idempotency session")?, "session")?),
         run_id: run.map(|r| id_bytes(r, "run").map(RunId::from_bytes)).transpose()?,
         created_at: time(get(row, 3, "idempotency created_at")?, "idempotency created_at")?,
         expires_at: time(get(row, 4, "idempotency expires_at")?, "idempotency expires_at")?,
-    }))
+    })
 }
 
 /// Claims the key for what this write created, replacing an expired claim. A live claim made
 /// meanwhile by a concurrent write (committed after our check) wins: this write is refused.
 async fn claim_idempotency(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     tenant: &TenantId,
     key: &IdempotencyKey,
     session_pk: i64,
@@ -702,12 +833,14 @@ pub(crate) async fn claim_runs(
     lease: Duration,
     max: usize,
 ) -> Attempt<Vec<Claim>> {
-    let mut client = store.client().await?;
-    let tx = client.transaction().await.pg()?;
+    // One statement, so no transaction around it: claiming is one round trip. Setting a bad
+    // row aside afterwards needs no atomicity with the claim (a crash in between leaves a lease
+    // that expires, and the next claim sets the row aside).
+    let client = store.client().await?;
     let sql = format!("{CLAIM} RETURNING {RUN_COLUMNS}, {SESSION_COLUMNS}, now.ms");
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
     let max = i64::try_from(max).unwrap_or(i64::MAX);
-    let mut rows = query(&tx, &sql, &[&worker, &max, &lease_ms]).await?;
+    let mut rows = query(&client, &sql, &[&worker, &max, &lease_ms]).await?;
     rows.sort_by_key(|r| r.try_get::<_, i64>(0).unwrap_or(i64::MAX));
     let mut claims = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -727,19 +860,18 @@ pub(crate) async fn claim_runs(
             Err(Error::Corrupt(why)) => {
                 let pk: i64 = get(row, 0, "run key")?;
                 let now = Timestamp(get(row, 19, "database clock")?);
-                quarantine(&tx, pk, &why, now).await?;
+                quarantine(&client, pk, &why, now).await?;
             }
             Err(e) => return Err(e.into()),
         }
     }
-    tx.commit().await.pg()?;
     Ok(claims)
 }
 
 /// Takes a run whose row (or its session's) does not decode out of the claim queue for good:
 /// status `failed`, no lease; its state says so (`corrupt_row`) when the state itself still
 /// decodes. The log is not touched. Logged once, here.
-async fn quarantine(tx: &Transaction<'_>, pk: i64, why: &str, now: Timestamp) -> Attempt<()> {
+async fn quarantine(tx: &impl GenericClient, pk: i64, why: &str, now: Timestamp) -> Attempt<()> {
     let rows = query(tx, "SELECT id, state FROM runs WHERE pk = $1", &[&pk]).await?;
     let Some(row) = rows.first() else { return Ok(()) };
     let id: Option<&[u8]> = row.try_get(0).ok();
