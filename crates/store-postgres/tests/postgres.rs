@@ -333,3 +333,52 @@ async fn two_stores_on_one_schema_share_heads_claims_and_fences() {
     append(&*a, s2, vec![responded(run2, 1)], fresh).await.expect("the new holder writes from either node");
     assert_eq!(verify(&*a, s2).await, verify(&*b, s2).await);
 }
+
+/// Writes whose callers give up mid-flight (a timeout, a dropped request) leave no
+/// transaction open on a pooled connection: the next writes to the same session go through,
+/// and no connection of the store sits idle in a transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_cancelled_mid_flight_leave_no_open_transaction() {
+    require_postgres!();
+    let scratch = Scratch::new();
+    let mut options = PostgresOptions::new(url()).schema(scratch.schema.clone()).pool_size(2);
+    options.application_name = scratch.schema.clone();
+    let store = PostgresStore::open(options).await.expect("open");
+    let s = new_session(&*store).await;
+    let run = RunId::new();
+    append(&*store, s, vec![run_created(run)], None).await.expect("append");
+    let db = admin().await;
+    let stuck = || async {
+        // Let the server finish what was already sent.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        db.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+            &[&scratch.schema],
+        )
+        .await
+        .expect("activity")
+        .get::<_, i64>(0)
+    };
+    let mut cancelled = 0;
+    for i in 0..40u32 {
+        let head = store.get_session(&tenant(), &s).await.expect("session").head_seq;
+        let req = AppendRequest {
+            tenant_id: tenant(),
+            session_id: s,
+            expected_head: head,
+            events: vec![responded(run, i + 1)],
+            fence: None,
+            idempotency: None,
+        };
+        // Give up after a varying sliver of time: somewhere before, inside or after the round trips.
+        let wait = Duration::from_micros(u64::from(i % 12) * 150);
+        if tokio::time::timeout(wait, store.append(req)).await.is_err() {
+            cancelled += 1;
+            assert_eq!(stuck().await, 0, "a cancelled write left its connection inside a transaction");
+        }
+    }
+    assert!(cancelled > 0, "some writes were cancelled mid-flight");
+    append(&*store, s, vec![responded(run, 1000)], None).await.expect("the session is not left locked");
+    verify(&*store, s).await;
+    assert_eq!(stuck().await, 0, "no pooled connection is left inside a transaction");
+}
