@@ -188,7 +188,7 @@ impl PostgresStore {
                 PoolError::Timeout(_) => "timed out waiting for a connection".to_owned(),
                 PoolError::Backend(e) => match e.as_db_error() {
                     Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-                    None => e.to_string(),
+                    None => rows::with_causes(&e),
                 },
                 PoolError::Closed => "the pool is closed".to_owned(),
                 other => other.to_string(),

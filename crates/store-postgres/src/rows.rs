@@ -46,7 +46,7 @@ pub(crate) type Attempt<T> = std::result::Result<T, Fail>;
 /// driver's messages never carry the password), corruption reported by the server `Corrupt`.
 pub(crate) fn classify(e: &tokio_postgres::Error) -> Fail {
     let Some(db) = e.as_db_error() else {
-        return Fail::Store(Error::Unavailable(format!("the connection failed: {e}")));
+        return Fail::Store(Error::Unavailable(format!("the connection failed: {}", with_causes(e))));
     };
     let code = db.code();
     let text = format!("{} (SQLSTATE {})", db.message(), code.code());
@@ -62,6 +62,22 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Fail {
         "XX" if *code == SqlState::DATA_CORRUPTED || *code == SqlState::INDEX_CORRUPTED => Error::Corrupt(text),
         _ => Error::Backend(text),
     })
+}
+
+/// An error and its causes (`error connecting to server: Connection refused (os error 111)`):
+/// the driver's `Display` shows only the first.
+pub(crate) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// `?`-friendly mapping of driver results (the orphan rule forbids a `From` impl).

@@ -192,6 +192,7 @@ async fn an_unreachable_server_is_unavailable_and_named_without_the_password() {
     let msg = err.to_string();
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
     assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+    assert!(msg.to_lowercase().contains("refused"), "the cause is told: {msg}");
     assert!(!msg.contains("s3cret-pw") && !format!("{err:?}").contains("s3cret-pw"), "{msg}");
 }
 
