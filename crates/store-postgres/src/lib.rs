@@ -161,8 +161,7 @@ impl PostgresStore {
                     Err(e) => return Err(store.named(rows::classify(&e).into())),
                 }
             }
-            let name = options.schema.as_deref().unwrap_or("public");
-            schema::migrate(&mut client, name).await.map_err(|e| store.named(e))?;
+            schema::migrate(&mut client).await.map_err(|e| store.named(e))?;
         }
         Ok(Arc::new(store))
     }

@@ -15,8 +15,16 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Applies the migrations the schema has not seen, in one transaction. A schema from a newer
 /// Stead is refused; so is one holding Stead's table names without `stead_schema`.
-pub(crate) async fn migrate(client: &mut deadpool_postgres::Client, schema: &str) -> Result<()> {
+pub(crate) async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
     let tx = client.transaction().await.pg()?;
+    let current: Option<String> = tx.query_one("SELECT current_schema()", &[]).await.pg()?.get(0);
+    let Some(schema) = current else {
+        return Err(Error::Backend(
+            "the connection's search_path names no existing schema: create the schema first (CREATE SCHEMA …) \
+             or correct the URL's options=-csearch_path=…"
+                .into(),
+        ));
+    };
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('stead_schema:' || current_schema()))", &[]).await.pg()?;
     let tracked: bool = tx.query_one("SELECT to_regclass('stead_schema') IS NOT NULL", &[]).await.pg()?.get(0);
     let version: i64 = if tracked {

@@ -196,6 +196,16 @@ async fn an_unreachable_server_is_unavailable_and_named_without_the_password() {
     assert!(!msg.contains("s3cret-pw") && !format!("{err:?}").contains("s3cret-pw"), "{msg}");
 }
 
+/// A URL whose `search_path` names no schema that exists: told so, nothing created.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_search_path_naming_no_schema_is_refused() {
+    require_postgres!();
+    let sep = if url().contains('?') { '&' } else { '?' };
+    let missing = format!("{}{sep}options=-csearch_path%3Dstead_missing_{}", url(), uuid::Uuid::now_v7().simple());
+    let err = PostgresStore::open(PostgresOptions::new(missing)).await.expect_err("refused");
+    assert!(err.to_string().contains("names no existing schema"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_urls_and_schema_names_are_refused() {
     let err = PostgresStore::open(PostgresOptions::new("postgres://root@127.0.0.1:notaport/test"))
