@@ -213,10 +213,8 @@ async fn create_session_in(
         first.to_vec(),
     )?;
     let first = sealed.into_iter().next().ok_or_else(|| Error::Backend("sealing produced no event".into()))?;
-    let head_stmt = c.prepare_cached("UPDATE sessions SET head_seq = 1, head_hash = $1 WHERE pk = $2").await.pg()?;
-    tokio::try_join!(insert_events(c, pk, tenant_id, at, std::slice::from_ref(&first)), async {
-        c.execute(&head_stmt, &[&&first.hash[..], &pk]).await.pg()
-    },)?;
+    let stmt = c.prepare_cached(INSERT_EVENTS).await.pg()?;
+    insert_events(c, &stmt, pk, tenant_id, at, std::slice::from_ref(&first)).await?;
     let event = first.event;
     let mut record = SessionRecord {
         id: *id,
@@ -345,9 +343,14 @@ async fn append_in(
     let c = tx.c();
     let refs = project::references(batch.events);
     let session_id = &batch.session.as_bytes()[..];
-    let run_ids: Vec<&[u8]> = refs.runs.iter().map(|r| &r.as_bytes()[..]).collect();
+    // The fenced run is read (and locked) with the runs the events name.
+    let mut run_ids: Vec<&[u8]> = refs.runs.iter().map(|r| &r.as_bytes()[..]).collect();
+    if let Some(f) = batch.fence
+        && !refs.runs.contains(&f.run_id)
+    {
+        run_ids.push(&f.run_id.as_bytes()[..]);
+    }
     let approval_ids: Vec<&[u8]> = refs.approvals.iter().map(|a| &a.as_bytes()[..]).collect();
-    let fence_run = batch.fence.map(|f| f.run_id.as_bytes().to_vec());
     let (begin, key) = match pipeline {
         Pipeline::Whole => (true, None),
         Pipeline::Begin(key) => (true, Some(key)),
@@ -355,19 +358,19 @@ async fn append_in(
     };
 
     // Prepared first, then sent together: the statements reach the server in this order, so
-    // the session row is locked before the fenced run's, and the key is checked under the lock
-    // (a claim committed by a writer we waited for is seen).
+    // the session row is locked before the runs', and the key is checked under the lock (a
+    // claim committed by a writer we waited for is seen).
     let lock_sql = format!(
         "SELECT pk, head_seq, head_hash, updated_at, {DB_NOW} FROM sessions WHERE id = $1 AND tenant = $2 FOR UPDATE"
     );
     let tenant = batch.tenant.as_str();
-    let (lock, idem_stmt, fence_stmt, runs_stmt, approvals_stmt) = tokio::try_join!(
+    let (lock, idem_stmt, runs_stmt, approvals_stmt) = tokio::try_join!(
         c.prepare_cached(&lock_sql),
         c.prepare_cached(IDEMPOTENCY_RECORD),
         c.prepare_cached(
-            "SELECT session_pk, tenant, lease_owner IS NOT NULL, lease_token FROM runs WHERE id = $1 FOR UPDATE"
+            "SELECT id, pk, session_pk, tenant, state, lease_owner IS NOT NULL, lease_token FROM runs \
+             WHERE id = ANY($1) ORDER BY pk FOR UPDATE"
         ),
-        c.prepare_cached("SELECT id, pk, session_pk, tenant, state FROM runs WHERE id = ANY($1)"),
         c.prepare_cached(
             "SELECT id, tenant, session_pk, run_id, kind, call_id, tool_name, arguments, decision IS NOT NULL \
              FROM approvals WHERE id = ANY($1)"
@@ -377,22 +380,20 @@ async fn append_in(
     let now = Timestamp::now().millis();
     let lock_params: [&(dyn ToSql + Sync); 2] = [&session_id, &tenant];
     let idem_params: [&(dyn ToSql + Sync); 3] = [&tenant, &key, &now];
-    let (_, session_rows, idem_rows, fence_rows, run_rows, approval_rows) = tokio::try_join!(
+    // All awaited, then looked at in order: after a failed statement the later ones only say
+    // "transaction aborted", so the first error in order is the cause.
+    let (begun, session_rows, idem_rows, run_rows, approval_rows) = tokio::join!(
         async { if begin { c.batch_execute("BEGIN").await } else { Ok(()) } },
         c.query(&lock, &lock_params),
         async { if key.is_some() { c.query(&idem_stmt, &idem_params).await } else { Ok(Vec::new()) } },
-        async {
-            match &fence_run {
-                Some(id) => c.query(&fence_stmt, &[&id.as_slice()]).await,
-                None => Ok(Vec::new()),
-            }
-        },
         async { if run_ids.is_empty() { Ok(Vec::new()) } else { c.query(&runs_stmt, &[&run_ids]).await } },
         async {
             if approval_ids.is_empty() { Ok(Vec::new()) } else { c.query(&approvals_stmt, &[&approval_ids]).await }
         },
-    )
-    .pg()?;
+    );
+    begun.pg()?;
+    let (session_rows, idem_rows, run_rows, approval_rows) =
+        (session_rows.pg()?, idem_rows.pg()?, run_rows.pg()?, approval_rows.pg()?);
 
     let row = session_rows.first().ok_or_else(|| Error::NotFound { what: "session", id: batch.session.to_string() })?;
     if let (Some(idem), Some(key)) = (idem_rows.first(), key) {
@@ -408,15 +409,16 @@ async fn append_in(
         return Err(Error::Conflict { expected: batch.expected_head, actual: head }.into());
     }
     if let Some(fence) = batch.fence {
-        let valid = match fence_rows.first() {
-            Some(r) => {
-                get::<i64>(r, 0, "run session")? == pk
-                    && get::<&str>(r, 1, "run tenant")? == tenant
-                    && get::<bool>(r, 2, "run lease")?
-                    && get::<i64>(r, 3, "fencing token")? == to_i64(fence.token)
+        let fenced = &fence.run_id.as_bytes()[..];
+        let mut valid = false;
+        for r in &run_rows {
+            if get::<&[u8]>(r, 0, "run id")? == fenced {
+                valid = get::<i64>(r, 2, "run session")? == pk
+                    && get::<&str>(r, 3, "run tenant")? == tenant
+                    && get::<bool>(r, 5, "run lease")?
+                    && get::<i64>(r, 6, "fencing token")? == to_i64(fence.token);
             }
-            None => false,
-        };
+        }
         if !valid {
             return Err(Error::Fenced { run: fence.run_id, token: fence.token }.into());
         }
@@ -440,20 +442,23 @@ async fn append_in(
         batch.events.to_vec(),
         serialized.to_vec(),
     )?;
-    let last = sealed.last().map_or((head, head_hash), |s| (s.event.seq, s.hash));
     let events: Vec<Event> = sealed.iter().map(|s| s.event.clone()).collect();
     let note = project::committed(batch.tenant, batch.session, &events, &plan);
 
-    let (insert_run, update_run, insert_approval, move_approval, decide, extend, update_head, set_metadata) =
+    let (insert_events_stmt, insert_run, update_run, insert_approval, move_approval, decide, extend, set_metadata) =
         tokio::try_join!(
+            c.prepare_cached(INSERT_EVENTS),
             c.prepare_cached(
                 "INSERT INTO runs (id, tenant, session_pk, status, state, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $6)"
             ),
-            // A run that no worker may hold (waiting on the client, finished) keeps no lease.
+            // A run that no worker may hold (waiting on the client, finished) keeps no lease; the
+            // fenced run's lease is extended to $6 (if it still has one).
             c.prepare_cached(
                 "UPDATE runs SET status = $1, state = $2, updated_at = $3, \
-             lease_owner = CASE WHEN $4 THEN lease_owner END, lease_expires = CASE WHEN $4 THEN lease_expires END \
+             lease_owner = CASE WHEN $4 THEN lease_owner END, \
+             lease_expires = CASE WHEN NOT $4 THEN NULL \
+               WHEN $6::bigint IS NOT NULL AND lease_owner IS NOT NULL THEN $6::bigint ELSE lease_expires END \
              WHERE pk = $5"
             ),
             c.prepare_cached(
@@ -467,7 +472,6 @@ async fn append_in(
              decided_arguments = $5, output = $6 WHERE id = $7"
             ),
             c.prepare_cached("UPDATE runs SET lease_expires = $1 WHERE id = $2 AND lease_owner IS NOT NULL"),
-            c.prepare_cached("UPDATE sessions SET head_seq = $1, head_hash = $2, updated_at = $3 WHERE pk = $4"),
             c.prepare_cached("UPDATE sessions SET metadata = $1 WHERE pk = $2"),
         )
         .pg()?;
@@ -482,10 +486,11 @@ async fn append_in(
     let metadata = plan.metadata.as_ref().map(|m| to_json(m, "session metadata")).transpose()?;
     let extend_to = batch.fence.map(|f| Timestamp(db_now).plus(f.extend_lease).millis());
     let at_ms = at.millis();
-    let last_seq = to_i64(last.0);
-    let last_hash = &last.1[..];
+    let no_extension: Option<i64> = None;
+    let fenced_id = batch.fence.map(|f| f.run_id.as_bytes().to_vec());
 
-    let mut writes: Vec<Pending<'_>> = vec![Box::pin(insert_events(c, pk, batch.tenant, at, &sealed))];
+    let mut writes: Vec<Pending<'_>> =
+        vec![Box::pin(insert_events(c, &insert_events_stmt, pk, batch.tenant, at, &sealed))];
     if let Some(m) = &metadata {
         writes.push(Box::pin(exec(c, &set_metadata, vec![m, &pk])));
     }
@@ -503,22 +508,27 @@ async fn append_in(
             writes.push(Box::pin(exec(c, &decide, params)));
         }
     }
+    let mut extended = false;
     for (r, (id, status, state)) in plan.runs.iter().zip(&run_values) {
         writes.push(match &r.pk {
             None => Box::pin(exec(c, &insert_run, vec![id, &tenant, &pk, status, state, &at_ms])),
             Some(run_pk) => {
                 let claimable: &(dyn ToSql + Sync) = if r.state.status.is_claimable() { &true } else { &false };
-                Box::pin(exec(c, &update_run, vec![status, state, &at_ms, claimable, run_pk]))
+                let fenced = batch.fence.is_some_and(|f| f.run_id == r.id);
+                extended |= fenced;
+                let until: &(dyn ToSql + Sync) = if fenced { &extend_to } else { &no_extension };
+                Box::pin(exec(c, &update_run, vec![status, state, &at_ms, claimable, run_pk, until]))
             }
         });
     }
-    if let (Some(until), Some(id)) = (&extend_to, &fence_run) {
+    if let (false, Some(until), Some(id)) = (extended, &extend_to, &fenced_id) {
         writes.push(Box::pin(exec(c, &extend, vec![until, id])));
     }
-    writes.push(Box::pin(exec(c, &update_head, vec![&last_seq, &last_hash, &at_ms, &pk])));
 
     if !matches!(pipeline, Pipeline::Whole) {
-        futures_util::future::try_join_all(writes).await?;
+        if let Some(failed) = futures_util::future::join_all(writes).await.into_iter().find_map(Result::err) {
+            return Err(failed);
+        }
         return Ok(Some(Appended { events, note, session_pk: pk }));
     }
     // COMMIT rides in the same pipeline. Statements run in order, so if a write fails the
@@ -544,23 +554,27 @@ async fn exec(c: &deadpool_postgres::Client, stmt: &tokio_postgres::Statement, p
     c.execute(stmt, &params).await.pg()
 }
 
-/// Inserts sealed events in one statement (arrays unnested server-side).
+/// Inserts sealed events and moves the session's head to the last of them, in one statement
+/// (the events' arrays unnested server-side; a data-modifying `WITH` runs once, unreferenced).
+const INSERT_EVENTS: &str = "WITH inserted AS (INSERT INTO events \
+     (session_pk, seq, tenant, run_id, kind, actor, at, data, hash, msg) \
+     SELECT $1, u.seq, $2, u.run_id, u.kind, u.actor, $3, u.data, u.hash, u.msg \
+     FROM unnest($4::bigint[], $5::bytea[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bool[]) \
+     AS u(seq, run_id, kind, actor, data, hash, msg)) \
+     UPDATE sessions SET head_seq = $11, head_hash = $12, updated_at = $3 WHERE pk = $1";
+
+/// Runs [`INSERT_EVENTS`], prepared by the caller: a pipelined statement must be sent on the
+/// future's first poll, in order, never after a prepare's round trip (it would then reach the
+/// server after the pipeline's `COMMIT`, outside the transaction).
 async fn insert_events(
     c: &deadpool_postgres::Client,
+    stmt: &tokio_postgres::Statement,
     session_pk: i64,
     tenant: &TenantId,
     at: Timestamp,
     sealed: &[project::Sealed],
 ) -> Attempt<u64> {
-    let stmt = c
-        .prepare_cached(
-            "INSERT INTO events (session_pk, seq, tenant, run_id, kind, actor, at, data, hash, msg) \
-             SELECT $1, u.seq, $2, u.run_id, u.kind, u.actor, $3, u.data, u.hash, u.msg \
-             FROM unnest($4::bigint[], $5::bytea[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bool[]) \
-             AS u(seq, run_id, kind, actor, data, hash, msg)",
-        )
-        .await
-        .pg()?;
+    let Some(last) = sealed.last() else { return Ok(0) };
     let seqs: Vec<i64> = sealed.iter().map(|s| to_i64(s.event.seq)).collect();
     let runs: Vec<Option<&[u8]>> = sealed.iter().map(|s| s.event.run_id.as_ref().map(|r| &r.as_bytes()[..])).collect();
     let kinds: Vec<&str> = sealed.iter().map(|s| s.event.body.kind()).collect();
@@ -568,9 +582,23 @@ async fn insert_events(
     let data: Vec<&str> = sealed.iter().map(|s| s.data_json.as_str()).collect();
     let hashes: Vec<&[u8]> = sealed.iter().map(|s| &s.hash[..]).collect();
     let msgs: Vec<bool> = sealed.iter().map(|s| s.event.body.is_message()).collect();
+    let (head_seq, head_hash) = (to_i64(last.event.seq), &last.hash[..]);
     c.execute(
-        &stmt,
-        &[&session_pk, &tenant.as_str(), &at.millis(), &seqs, &runs, &kinds, &actors, &data, &hashes, &msgs],
+        stmt,
+        &[
+            &session_pk,
+            &tenant.as_str(),
+            &at.millis(),
+            &seqs,
+            &runs,
+            &kinds,
+            &actors,
+            &data,
+            &hashes,
+            &msgs,
+            &head_seq,
+            &head_hash,
+        ],
     )
     .await
     .pg()

@@ -393,3 +393,39 @@ async fn writes_cancelled_mid_flight_leave_no_open_transaction() {
     verify(&*store, s).await;
     assert_eq!(stuck().await, 0, "no pooled connection is left inside a transaction");
 }
+
+/// A write the database refuses half-way (here: an event row planted behind Stead's back at
+/// the next sequence) leaves nothing: not the run's new state, not a moved head — also on a
+/// fresh connection, whose statements are prepared during that very write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_refused_by_the_database_leaves_nothing() {
+    require_postgres!();
+    let scratch = Scratch::new();
+    let first = open_on(&scratch.schema).await.expect("open");
+    let s = new_session(&*first).await;
+    let run = RunId::new();
+    append(&*first, s, vec![run_created(run)], None).await.expect("append");
+    drop(first);
+    let head: i64 = 2;
+    admin()
+        .await
+        .execute(
+            &format!(
+                "INSERT INTO {0}.events (session_pk, seq, at, msg, tenant, kind, actor, data, hash) \
+                 SELECT pk, $1, 0, false, tenant, 'run_deleted', 'x', '{{}}', '\\x00' FROM {0}.sessions WHERE id = $2",
+                scratch.schema
+            ),
+            &[&(head + 1), &&s.as_bytes()[..]],
+        )
+        .await
+        .expect("plant a row");
+    let fresh = PostgresStore::open(PostgresOptions::new(url()).schema(scratch.schema.clone()).pool_size(1))
+        .await
+        .expect("open");
+    let err = append(&*fresh, s, vec![responded(run, 1)], None).await.expect_err("the database refuses");
+    assert!(matches!(err, Error::Backend(ref m) if m.contains("23505")), "{err:?}");
+    let session = fresh.get_session(&tenant(), &s).await.expect("session");
+    assert_eq!(session.head_seq, head as u64, "the head did not move");
+    let state = fresh.get_run(&tenant(), &run).await.expect("run").state;
+    assert_eq!((state.steps, state.status), (0, stead_core::run::RunStatus::Queued), "the run did not change");
+}
