@@ -5,6 +5,7 @@ use deadpool_postgres::GenericClient;
 use stead_core::event::Event;
 use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::time::Timestamp;
+use stead_store::project::page_limit;
 use stead_store::{AgentVersion, ApprovalFilter, ApprovalRecord, Error, Page, Result, RunRecord, SessionRecord};
 
 use crate::query;
@@ -12,14 +13,6 @@ use crate::rows::{
     AGENT_COLUMNS, APPROVAL_COLUMNS, EVENT_COLUMNS, RUN_COLUMNS, SESSION_COLUMNS, agent_from_row, approval_from_row,
     event_from_row, get, run_from_row, session_from_row, to_i64,
 };
-
-/// A page's size: 0 means the default; large requests are served in pages of at most 1000.
-fn page_limit(page: &Page) -> i64 {
-    match page.limit {
-        0 => 100,
-        n => i64::from(n.min(1000)),
-    }
-}
 
 pub(crate) async fn get_agent(
     c: &impl GenericClient,

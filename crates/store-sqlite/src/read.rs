@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use stead_core::event::Event;
 use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::time::Timestamp;
+use stead_store::project::page_limit;
 use stead_store::{AgentVersion, ApprovalFilter, ApprovalRecord, Error, Page, Result, RunRecord, SessionRecord};
 use tokio::sync::Semaphore;
 
@@ -64,14 +65,6 @@ fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> R
     // Read-only: ending it can only fail if the connection is broken, which the next read reports.
     let _ = conn.exec(if result.is_ok() { "COMMIT" } else { "ROLLBACK" }, []);
     result
-}
-
-/// A page's size: 0 means the default; large requests are served in pages of at most 1000.
-pub(crate) fn page_limit(page: &Page) -> i64 {
-    match page.limit {
-        0 => 100,
-        n => i64::from(n.min(1000)),
-    }
 }
 
 pub(crate) fn get_agent(

@@ -83,6 +83,15 @@ pub fn agent_not_found(name: &str, version: Option<u32>) -> Error {
     }
 }
 
+/// A page's size: 0 means the default (100); larger requests are served in pages of at most
+/// 1000 (a conformance convention every backend follows).
+pub fn page_limit(page: &crate::Page) -> i64 {
+    match page.limit {
+        0 => 100,
+        n => i64::from(n.min(1000)),
+    }
+}
+
 /// Serializes every event's body (the costly, transaction-independent part of hashing) before
 /// the write's transaction starts.
 pub fn serialize_bodies<'a>(events: impl Iterator<Item = &'a NewEvent>) -> Result<Vec<SerializedBody>> {
@@ -583,5 +592,75 @@ pub fn committed(tenant: &TenantId, session: SessionId, events: &[Event], plan: 
         session_id: session,
         events: std::sync::Arc::from(events.to_vec()),
         runs: plan.changed_statuses(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stead_core::event::{Actor, ChainVerifier, GENESIS_HASH};
+    use stead_core::message::Message;
+
+    use super::*;
+
+    fn created(run: RunId) -> NewEvent {
+        NewEvent {
+            run_id: Some(run),
+            actor: Actor::principal("p"),
+            body: EventBody::run_created(vec![Message::User { content: "é \u{1f600} \"q\"".into() }]),
+        }
+    }
+
+    /// Sealed events chain exactly as `chain_hash` (and so `ChainVerifier`) says.
+    #[test]
+    fn sealed_events_verify_as_a_chain() {
+        let tenant = TenantId::new("t").expect("tenant");
+        let run = RunId::new();
+        let events = vec![
+            NewEvent { run_id: None, actor: Actor::system(), body: EventBody::ItemsAdded { items: Vec::new() } },
+            created(run),
+        ];
+        let serialized = serialize_bodies(events.iter()).expect("serialize");
+        let limits = Limits { max_events_per_session: 10, max_event_bytes: 1 << 20 };
+        let sealed =
+            seal(&limits, &tenant, SessionId::new(), 1, Timestamp(1_700_000_000_123), GENESIS_HASH, events, serialized)
+                .expect("seal");
+        let mut chain = ChainVerifier::default();
+        for s in &sealed {
+            chain.push(&s.event).expect("links");
+            assert_eq!(s.event.compute_hash(&if s.event.seq == 1 { GENESIS_HASH } else { sealed[0].hash }), s.hash);
+        }
+        assert_eq!(chain.head_hash(), sealed[1].hash);
+    }
+
+    #[test]
+    fn references_name_each_run_and_approval_once() {
+        let (a, b) = (RunId::new(), RunId::new());
+        let refs = references(&[created(a), created(b), created(a)]);
+        assert_eq!(refs.runs, vec![a, b]);
+        assert!(refs.approvals.is_empty());
+    }
+
+    /// A run created and moved on in one batch is one change, created, with its final state.
+    #[test]
+    fn a_batch_folds_into_one_change_per_run() {
+        let run = RunId::new();
+        let cancel = NewEvent {
+            run_id: Some(run),
+            actor: Actor::system(),
+            body: EventBody::RunCancelRequested { reason: "r".into() },
+        };
+        let plan = plan_append(&[created(run), cancel], Timestamp(5), 1, &Loaded::default()).expect("plan");
+        assert_eq!(plan.runs.len(), 1);
+        assert_eq!((plan.runs[0].pk, plan.runs[0].before), (None, None));
+        assert_eq!(plan.runs[0].state.cancel_requested.as_deref(), Some("r"));
+        assert_eq!(plan.changed_statuses(), vec![(run, RunStatus::Queued)]);
+        let err = plan_append(
+            &[created(run)],
+            Timestamp(5),
+            1,
+            &Loaded { runs: [(run, StoredRun::Elsewhere)].into(), ..Loaded::default() },
+        )
+        .expect_err("a taken id");
+        assert!(matches!(err, Error::InvalidTransition { .. }), "{err:?}");
     }
 }
