@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// `full` (fsync every commit group), `normal` or `off` [default: full].
     #[arg(long, env = "STEAD_DURABILITY")]
     pub durability: Option<String>,
+    /// Store in PostgreSQL instead of SQLite: `postgres://USER[:PASSWORD]@HOST:PORT/DB`, shared
+    /// by every node given the same URL. Without it, SQLite in --data-dir.
+    #[arg(long, env = "STEAD_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// API key as `TENANT:KEY`, or `TENANT:KEY:ROLE+ROLE` to grant roles such as `approver`
     /// (repeat, or comma-separate in the env var). Without any, the server only listens on
     /// loopback and everything belongs to the `default` tenant, with every role.
@@ -138,6 +142,7 @@ struct FileConfig {
     oidc: Vec<stead_identity::IssuerConfig>,
     data_dir: Option<PathBuf>,
     durability: Option<String>,
+    store: Option<String>,
     api_keys: Option<Vec<String>>,
     http_allow: Option<Vec<String>>,
     model_routes: Option<Vec<String>>,
@@ -179,6 +184,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub durability: stead_store_sqlite::Durability,
+    /// A PostgreSQL URL; `None`: SQLite in `data_dir`.
+    pub store: Option<String>,
     /// (tenant, key, roles)
     pub api_keys: Vec<(String, String, Vec<String>)>,
     /// OIDC issuers whose tokens are accepted.
@@ -277,6 +284,7 @@ impl ServeArgs {
             mcp_url_allow,
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./stead-data")),
             durability,
+            store: store_url(self.store.or(file.store))?,
             api_keys,
             oidc,
             http_allow: if self.http_allow.is_empty() { file.http_allow.unwrap_or_default() } else { self.http_allow },
@@ -308,6 +316,19 @@ impl ServeArgs {
         };
         cfg.check()?;
         Ok(cfg)
+    }
+}
+
+/// `--store`: a PostgreSQL URL, or nothing (SQLite). The message never repeats the value (it
+/// may hold a password).
+fn store_url(store: Option<String>) -> anyhow::Result<Option<String>> {
+    match store {
+        Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
+            bail!(
+                "--store must be a PostgreSQL URL (postgres://USER@HOST:PORT/DB); omit it to use SQLite in --data-dir"
+            )
+        }
+        other => Ok(other),
     }
 }
 
@@ -486,6 +507,14 @@ mod tests {
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(cfg.max_body_bytes, 7000);
         assert_eq!(cfg.listen.port(), 9000);
+        std::fs::write(&path, "store = \"postgres://root@127.0.0.1:5432/test\"\n").unwrap();
+        let cfg = ServeArgs { config: Some(path.clone()), ..Default::default() }.resolve().unwrap();
+        assert_eq!(cfg.store.as_deref(), Some("postgres://root@127.0.0.1:5432/test"));
+        let err = ServeArgs { store: Some("mysql://u:secret@h/db".into()), ..Default::default() }
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--store must be a PostgreSQL URL") && !err.contains("secret"), "{err}");
         std::fs::write(&path, "data_dri = \"/tmp/x\"\n").unwrap();
         let err = format!("{:#}", ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err());
         assert!(err.contains("data_dri"), "{err}");

@@ -9,6 +9,7 @@ use stead_api::{ApiOptions, AppState, Auth};
 use stead_core::ids::TenantId;
 use stead_engine::{Engine, EngineOptions, ToolRegistry};
 use stead_model::{ProviderDefaults, Providers};
+use stead_store_postgres::{PostgresOptions, PostgresStore};
 use stead_store_sqlite::{SqliteOptions, SqliteStore};
 use stead_tools_http::{Guard, GuardConfig, HttpCaller, Limits as HttpLimits};
 use tokio_util::sync::CancellationToken;
@@ -54,14 +55,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
 
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
-    let options = SqliteOptions::new(&cfg.data_dir)
-        .durability(cfg.durability)
-        .max_events_per_session(cfg.max_events_per_session)
-        .max_event_bytes(cfg.max_event_bytes);
-    let store =
-        SqliteStore::open(options).with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
+    let (store, data): (Arc<dyn stead_store::Store>, String) = match &cfg.store {
+        Some(url) => {
+            let options = PostgresOptions::new(url)
+                .max_events_per_session(cfg.max_events_per_session)
+                .max_event_bytes(cfg.max_event_bytes);
+            let store = PostgresStore::open(options).await.context("cannot open the PostgreSQL store")?;
+            let data = format!("postgres {}", store.target());
+            (store, data)
+        }
+        None => {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+            let options = SqliteOptions::new(&cfg.data_dir)
+                .durability(cfg.durability)
+                .max_events_per_session(cfg.max_events_per_session)
+                .max_event_bytes(cfg.max_event_bytes);
+            let store = SqliteStore::open(options)
+                .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
+            (store, format!("{}, durability: {}", cfg.data_dir.display(), cfg.durability))
+        }
+    };
 
     let guard = Guard::new(GuardConfig {
         allow: cfg.http_allow.iter().filter(|a| a.as_str() != "*").cloned().collect(),
@@ -157,7 +171,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         async move { engine.run(shutdown).await }
     });
     // Tests and scripts wait for this exact line.
-    eprintln!("stead listening on http://{addr} (data: {}, durability: {})", cfg.data_dir.display(), cfg.durability);
+    eprintln!("stead listening on http://{addr} (data: {data})");
     let signal = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -209,7 +209,7 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, req: AppendRequest) -> Result<Vec<Event>> {
-        let serialized = write::serialize_bodies(req.events.iter())?;
+        let serialized = stead_store::project::serialize_bodies(req.events.iter())?;
         self.write(move |conn, ctx| write::append(conn, ctx, req, serialized)).await
     }
 

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use stead_core::event::Event;
 use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
 use stead_core::time::Timestamp;
+use stead_store::project::page_limit;
 use stead_store::{AgentVersion, ApprovalFilter, ApprovalRecord, Error, Page, Result, RunRecord, SessionRecord};
 use tokio::sync::Semaphore;
 
@@ -66,14 +67,6 @@ fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> R
     result
 }
 
-/// A page's size: 0 means the default; large requests are served in pages of at most 1000.
-pub(crate) fn page_limit(page: &Page) -> i64 {
-    match page.limit {
-        0 => 100,
-        n => i64::from(n.min(1000)),
-    }
-}
-
 pub(crate) fn get_agent(
     conn: &Connection,
     tenant: &TenantId,
@@ -96,13 +89,7 @@ pub(crate) fn get_agent(
             rows.next().sql()?.map(agent_from_row).transpose()?
         }
     };
-    found.ok_or_else(|| Error::NotFound {
-        what: "agent",
-        id: match version {
-            Some(v) => format!("{name} version {v}"),
-            None => name.to_owned(),
-        },
-    })
+    found.ok_or_else(|| stead_store::project::agent_not_found(name, version))
 }
 
 /// The latest version of each agent, by name; the cursor is the last name seen.

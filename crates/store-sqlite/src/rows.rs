@@ -5,13 +5,15 @@
 //! `Corrupt`, never a panic.
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Params, Row, params};
-use serde::de::DeserializeOwned;
 use stead_core::agent::AgentSpec;
-use stead_core::event::{Actor, ApprovalDecision, ApprovalKind, Event, EventBody};
+use stead_core::event::{Actor, ApprovalDecision, ApprovalKind, Event};
 use stead_core::ids::{AgentVersionId, ApprovalId, RunId, SessionId, TenantId};
 use stead_core::run::RunState;
-use stead_core::time::Timestamp;
 use stead_store::{AgentVersion, ApprovalRecord, Error, Lease, Result, RunRecord, SessionRecord};
+
+pub(crate) use stead_store::stored::{
+    body_from, corrupt, hash_bytes, id_bytes, json, tenant, time, to_i64, to_json, to_u64, word,
+};
 
 /// Maps a SQLite error: damaged files become `Corrupt`, everything else `Backend`.
 pub(crate) fn sql_error(e: rusqlite::Error) -> Error {
@@ -64,54 +66,6 @@ impl Cached for Connection {
 
 /// Prepared statements each connection keeps (the writer runs about 30 distinct ones).
 pub(crate) const STATEMENT_CACHE: usize = 64;
-
-pub(crate) fn corrupt(what: impl std::fmt::Display) -> Error {
-    Error::Corrupt(what.to_string())
-}
-
-/// SQLite integers are signed; counters beyond `i64::MAX` cannot occur, so saturate.
-pub(crate) fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn to_u64(v: i64, what: &str) -> Result<u64> {
-    u64::try_from(v).map_err(|_| corrupt(format!("{what} is negative ({v})")))
-}
-
-/// A stored time, refused when outside what Stead writes (1970 to 9999).
-pub(crate) fn time(ms: i64, what: &str) -> Result<Timestamp> {
-    let t = Timestamp(ms);
-    if !t.in_range() {
-        return Err(corrupt(format!("{what} {ms} ms is not a time Stead writes (1970 to 9999)")));
-    }
-    Ok(t)
-}
-
-pub(crate) fn id_bytes(blob: &[u8], what: &str) -> Result<[u8; 16]> {
-    blob.try_into().map_err(|_| corrupt(format!("{what} id is {} bytes, expected 16", blob.len())))
-}
-
-pub(crate) fn hash_bytes(blob: &[u8]) -> Result<[u8; 32]> {
-    blob.try_into().map_err(|_| corrupt(format!("event hash is {} bytes, expected 32", blob.len())))
-}
-
-pub(crate) fn tenant(s: &str) -> Result<TenantId> {
-    TenantId::new(s).map_err(|e| corrupt(format!("stored tenant: {e}")))
-}
-
-pub(crate) fn json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| corrupt(format!("stored {what} is not valid: {e}")))
-}
-
-pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::Backend(format!("cannot serialize {what}: {e}")))
-}
-
-pub(crate) fn body_from(kind: &str, data: &str) -> Result<EventBody> {
-    let kind_json = to_json(&kind, "event kind")?;
-    let text = format!("{{\"type\":{kind_json},\"data\":{data}}}");
-    serde_json::from_str(&text).map_err(|e| corrupt(format!("stored `{kind}` event is not valid: {e}")))
-}
 
 /// Columns of an event row, in the order [`EVENT_COLUMNS`] selects them.
 pub(crate) const EVENT_COLUMNS: &str = "seq, run_id, kind, actor, at, data, hash";
@@ -255,13 +209,6 @@ pub(crate) fn agent_from_row(row: &Row<'_>) -> Result<AgentVersion> {
         spec_hash,
         created_at: time(created_at, "agent version creation time")?,
     })
-}
-
-/// An enum stored as its snake_case name, decoded through its serde form so the two never
-/// disagree.
-fn word<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned()))
-        .map_err(|_| corrupt(format!("stored {what} {text:?} is not valid")))
 }
 
 /// The approval columns [`approval_from_row`] reads, for `approvals a JOIN sessions s`.

@@ -7,12 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Statement, params};
-use sha2::{Digest, Sha256};
 use stead_core::agent::AgentSpec;
-use stead_core::event::{Event, EventBody, NewEvent, SerializedBody, chain_hash_serialized};
-use stead_core::ids::{AgentVersionId, RunId, SessionId, TenantId};
-use stead_core::run::{RunState, RunStatus};
+use stead_core::event::{ApprovalKind, Event, SerializedBody};
+use stead_core::ids::{ApprovalId, RunId, SessionId, TenantId};
+use stead_core::run::RunState;
 use stead_core::time::Timestamp;
+use stead_store::project::{
+    self, AppendPlan, DecisionRow, Loaded, References, Sealed, StoredApproval, StoredRun, check_first_event,
+    check_session_limit, first_run_created, plan_append, seal,
+};
 use stead_store::{
     AgentVersion, AppendRequest, Claim, Committed, Error, IdempotencyKey, IdempotencyRecord, NewSession, Result,
     SessionRecord,
@@ -26,16 +29,7 @@ use crate::writer::WriteCtx;
 
 type Written<T> = Result<(T, Vec<Committed>)>;
 
-/// Hex SHA-256 of the spec's canonical JSON (RFC 8785), so formatting and key order
-/// do not make a new version.
-pub(crate) fn spec_hash(spec: &AgentSpec) -> Result<String> {
-    let canonical =
-        serde_jcs::to_vec(spec).map_err(|e| Error::Backend(format!("cannot canonicalize agent spec: {e}")))?;
-    Ok(hex::encode(Sha256::digest(&canonical)))
-}
-
 pub(crate) fn put_agent(conn: &Connection, tenant: &TenantId, spec: &AgentSpec) -> Written<(AgentVersion, bool)> {
-    let hash = spec_hash(spec)?;
     let latest = {
         let sql =
             format!("SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1");
@@ -46,24 +40,9 @@ pub(crate) fn put_agent(conn: &Connection, tenant: &TenantId, spec: &AgentSpec) 
             None => None,
         }
     };
-    if let Some(latest) = latest.as_ref().filter(|l| l.spec_hash == hash) {
-        return Ok(((latest.clone(), false), Vec::new()));
-    }
-    let version = match &latest {
-        Some(l) => l
-            .version
-            .checked_add(1)
-            .ok_or_else(|| Error::LimitExceeded(format!("agent {} has too many versions", spec.name)))?,
-        None => 1,
-    };
-    let agent = AgentVersion {
-        id: AgentVersionId::new(),
-        tenant_id: tenant.clone(),
-        name: spec.name.clone(),
-        version,
-        spec: spec.clone(),
-        spec_hash: hash,
-        created_at: Timestamp::now(),
+    let agent = match project::next_agent_version(tenant, spec, latest)? {
+        Ok(new) => new,
+        Err(same) => return Ok(((same, false), Vec::new())),
     };
     conn.exec(
         "INSERT INTO agents (tenant, name, version, id, spec, spec_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -84,83 +63,23 @@ pub(crate) fn put_agent(conn: &Connection, tenant: &TenantId, spec: &AgentSpec) 
 const INSERT_EVENT: &str = "INSERT INTO events (session_pk, seq, tenant, run_id, kind, actor, at, data, hash, msg) \
                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
-/// Serializes, size-checks, hashes and inserts one event.
-#[allow(clippy::too_many_arguments)]
-fn insert_event(
-    insert: &mut Statement<'_>,
-    ctx: &WriteCtx,
-    session_pk: i64,
-    tenant: &TenantId,
-    session: SessionId,
-    seq: u64,
-    at: Timestamp,
-    prev: &[u8; 32],
-    new: NewEvent,
-    serialized: SerializedBody,
-) -> Result<(Event, [u8; 32])> {
-    let SerializedBody { data_json: data, data_canonical } = serialized;
-    if data.len() > ctx.max_event_bytes {
-        return Err(Error::LimitExceeded(format!(
-            "a `{}` event's payload is {} bytes, over the limit of {} bytes (max_event_bytes)",
-            new.body.kind(),
-            data.len(),
-            ctx.max_event_bytes
-        )));
-    }
-    let hash = chain_hash_serialized(
-        prev,
-        tenant,
-        &session,
-        seq,
-        &new.run_id,
-        &new.actor,
-        &at,
-        new.body.kind(),
-        &data_canonical,
-    );
+/// Inserts one sealed event.
+fn insert_sealed(insert: &mut Statement<'_>, session_pk: i64, sealed: &Sealed) -> Result<()> {
+    let e = &sealed.event;
     insert
         .execute(params![
             session_pk,
-            to_i64(seq),
-            tenant.as_str(),
-            new.run_id.as_ref().map(|r| &r.as_bytes()[..]),
-            new.body.kind(),
-            new.actor.0,
-            at.millis(),
-            data,
-            &hash[..],
-            new.body.is_message(),
+            to_i64(e.seq),
+            e.tenant_id.as_str(),
+            e.run_id.as_ref().map(|r| &r.as_bytes()[..]),
+            e.body.kind(),
+            e.actor.0,
+            e.at.millis(),
+            sealed.data_json,
+            &sealed.hash[..],
+            e.body.is_message(),
         ])
         .sql()?;
-    let event = Event {
-        tenant_id: tenant.clone(),
-        session_id: session,
-        seq,
-        run_id: new.run_id,
-        actor: new.actor,
-        at,
-        body: new.body,
-        hash: hex::encode(hash),
-    };
-    Ok((event, hash))
-}
-
-/// An event whose shape is wrong regardless of any state: the caller built it badly.
-fn malformed(event: &NewEvent, why: &str) -> Error {
-    match event.run_id {
-        Some(run) => Error::InvalidTransition { run, reason: format!("`{}` event {why}", event.body.kind()) },
-        None => Error::Backend(format!("invalid `{}` event: {why}", event.body.kind())),
-    }
-}
-
-fn check_session_limit(ctx: &WriteCtx, head: u64, adding: usize) -> Result<()> {
-    let total = head.saturating_add(adding as u64);
-    if total > ctx.max_events_per_session {
-        return Err(Error::LimitExceeded(format!(
-            "the session would hold {total} events, over the limit of {} (max_events_per_session)",
-            ctx.max_events_per_session
-        )));
-    }
     Ok(())
 }
 
@@ -169,12 +88,7 @@ pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession)
     if let Some(key) = &idempotency {
         check_idempotency(conn, &tenant_id, key)?;
     }
-    if !matches!(first_event.body, EventBody::SessionCreated { .. }) {
-        return Err(malformed(&first_event, "cannot start a session (expected `session_created`)"));
-    }
-    if first_event.run_id.is_some() {
-        return Err(malformed(&first_event, "must not name a run"));
-    }
+    check_first_event(&first_event)?;
     let serialized = SerializedBody::of(&first_event.body).map_err(Error::Backend)?;
     let existing: Option<(String, i64)> = conn
         .row("SELECT tenant, head_seq FROM sessions WHERE id = ?1", [&id.as_bytes()[..]], |r| {
@@ -187,7 +101,7 @@ pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession)
         let actual = if owner == tenant_id.as_str() { to_u64(head, "session head")? } else { 1 };
         return Err(Error::Conflict { expected: 0, actual });
     }
-    check_session_limit(ctx, 0, 1)?;
+    check_session_limit(&ctx.limits(), 0, 1)?;
     let at = Timestamp::now();
     conn.exec(
         "INSERT INTO sessions (id, tenant, agent, agent_version, metadata, head_seq, head_hash, created_at, updated_at) \
@@ -205,19 +119,22 @@ pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession)
     .sql()?;
     let pk = conn.last_insert_rowid();
     let mut insert = conn.prepare_cached(INSERT_EVENT).sql()?;
-    let (event, hash) = insert_event(
-        &mut insert,
-        ctx,
-        pk,
+    let sealed = seal(
+        &ctx.limits(),
         &tenant_id,
         id,
         1,
         at,
-        &stead_core::event::GENESIS_HASH,
-        first_event,
-        serialized,
+        stead_core::event::GENESIS_HASH,
+        vec![first_event],
+        vec![serialized],
     )?;
-    conn.exec("UPDATE sessions SET head_seq = 1, head_hash = ?1 WHERE pk = ?2", params![&hash[..], pk]).sql()?;
+    let Some(first) = sealed.into_iter().next() else {
+        return Err(Error::Backend("sealing the first event produced nothing".into()));
+    };
+    insert_sealed(&mut insert, pk, &first)?;
+    let event = first.event;
+    conn.exec("UPDATE sessions SET head_seq = 1, head_hash = ?1 WHERE pk = ?2", params![&first.hash[..], pk]).sql()?;
     let record = SessionRecord {
         id,
         tenant_id: tenant_id.clone(),
@@ -239,7 +156,7 @@ pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession)
     let mut record = record;
     let first_run = first_run_created(&then);
     if !then.is_empty() {
-        let serialized = serialize_bodies(then.iter())?;
+        let serialized = project::serialize_bodies(then.iter())?;
         let req = AppendRequest {
             tenant_id: tenant_id.clone(),
             session_id: id,
@@ -260,11 +177,6 @@ pub(crate) fn create_session(conn: &Connection, ctx: &WriteCtx, new: NewSession)
         claim_idempotency(conn, &tenant_id, key, pk, id, first_run)?;
     }
     Ok(((record, event), notes))
-}
-
-/// The run a batch of events creates first, if any: what an idempotency key remembers.
-fn first_run_created(events: &[NewEvent]) -> Option<RunId> {
-    events.iter().find(|e| matches!(e.body, EventBody::RunCreated { .. })).and_then(|e| e.run_id)
 }
 
 /// `IdempotencyKeyUsed` when the tenant's key is claimed and has not expired.
@@ -328,32 +240,6 @@ fn claim_idempotency(
     Ok(())
 }
 
-/// A run touched by an append: its state before (None if created here) and after.
-struct RunSlot {
-    id: RunId,
-    /// `None` for a run created by this append.
-    pk: Option<i64>,
-    before: Option<RunStatus>,
-    state: RunState,
-}
-
-/// Loads a run of this session for an append; anything else is an invalid transition.
-fn load_run_slot(conn: &Connection, tenant: &TenantId, session_pk: i64, run: RunId) -> Result<RunSlot> {
-    let row: Option<(i64, i64, String, String)> = conn
-        .row("SELECT pk, session_pk, tenant, state FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
-        .optional()
-        .sql()?;
-    match row {
-        Some((pk, spk, t, state)) if spk == session_pk && t == tenant.as_str() => {
-            let state: RunState = json(&state, "run state")?;
-            Ok(RunSlot { id: run, pk: Some(pk), before: Some(state.status), state })
-        }
-        _ => Err(Error::InvalidTransition { run, reason: "the run does not exist in this session".into() }),
-    }
-}
-
 /// Checks that the fence's lease is still the run's current one.
 fn check_fence(conn: &Connection, tenant: &TenantId, session_pk: i64, fence: &stead_store::Fence) -> Result<()> {
     let row: Option<(i64, String, Option<String>, i64)> = conn
@@ -380,12 +266,6 @@ pub(crate) const UPDATE_RUN: &str = "UPDATE runs SET status = ?1, state = ?2, up
      lease_owner = CASE WHEN ?4 THEN lease_owner END, \
      lease_expires = CASE WHEN ?4 THEN lease_expires END \
      WHERE pk = ?5";
-
-/// Serializes every event's body (the costly, writer-independent part of hashing) on the
-/// caller's thread, so the single writer only splices and hashes.
-pub(crate) fn serialize_bodies<'a>(events: impl Iterator<Item = &'a NewEvent>) -> Result<Vec<SerializedBody>> {
-    events.map(|e| SerializedBody::of(&e.body).map_err(Error::Backend)).collect()
-}
 
 pub(crate) fn append(
     conn: &Connection,
@@ -416,77 +296,142 @@ pub(crate) fn append(
     if events.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    check_session_limit(ctx, head, events.len())?;
+    check_session_limit(&ctx.limits(), head, events.len())?;
 
     // Time never runs backwards within a session, even if the clock does.
     let at = Timestamp::now().max(Timestamp(head_at));
-    let mut prev = hash_bytes(&head_hash)?;
-    let mut slots: Vec<RunSlot> = Vec::new();
-    let mut committed = Vec::with_capacity(events.len());
+    let loaded = load_references(conn, &tenant_id, pk, &project::references(&events))?;
+    let plan = plan_append(&events, at, head, &loaded)?;
+    let sealed =
+        seal(&ctx.limits(), &tenant_id, session_id, head + 1, at, hash_bytes(&head_hash)?, events, serialized)?;
     let mut insert = conn.prepare_cached(INSERT_EVENT).sql()?;
-    for (i, (new, ser)) in events.into_iter().zip(serialized).enumerate() {
-        let seq = head + 1 + i as u64;
-        match (&new.body, new.run_id) {
-            (EventBody::SessionCreated { .. }, _) => {
-                return Err(malformed(&new, "can only be a session's first event"));
-            }
-            (EventBody::SessionUpdated { metadata }, None) => {
-                let text = to_json(metadata, "session metadata")?;
-                conn.exec("UPDATE sessions SET metadata = ?1 WHERE pk = ?2", params![text, pk]).sql()?;
-            }
-            (body, None) if body.is_session_level() => {}
-            (_, None) => return Err(malformed(&new, "must name its run")),
-            (body, Some(_)) if body.is_session_level() => {
-                return Err(malformed(&new, "belongs to the session, not to a run"));
-            }
-            (EventBody::RunCreated { .. }, Some(run)) => {
-                let taken = slots.iter().any(|s| s.id == run)
-                    || conn
-                        .row("SELECT 1 FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |_| Ok(()))
-                        .optional()
-                        .sql()?
-                        .is_some();
-                if taken {
-                    return Err(Error::InvalidTransition { run, reason: "a run with this id already exists".into() });
-                }
-                if let EventBody::RunCreated { carried, .. } = &new.body {
-                    for c in carried {
-                        take_over_approval(conn, &tenant_id, pk, run, c)?;
-                    }
-                }
-                slots.push(RunSlot {
-                    id: run,
-                    pk: None,
-                    before: None,
-                    state: RunState::created_from(seq, at, &new.body),
-                });
-            }
-            (body, Some(run)) => {
-                let idx = match slots.iter().position(|s| s.id == run) {
-                    Some(idx) => idx,
-                    None => {
-                        slots.push(load_run_slot(conn, &tenant_id, pk, run)?);
-                        slots.len() - 1
-                    }
-                };
-                slots[idx].state.apply(at, body).map_err(|reason| Error::InvalidTransition { run, reason })?;
-                project_approval(conn, &tenant_id, pk, run, at, body)?;
-            }
-        }
-        let (event, hash) = insert_event(&mut insert, ctx, pk, &tenant_id, session_id, seq, at, &prev, new, ser)?;
-        prev = hash;
-        committed.push(event);
+    for s in &sealed {
+        insert_sealed(&mut insert, pk, s)?;
     }
+    write_plan(conn, &tenant_id, pk, at, &plan)?;
+    if let Some(fence) = &fence {
+        conn.exec(
+            "UPDATE runs SET lease_expires = ?1 WHERE id = ?2 AND lease_owner IS NOT NULL",
+            params![Timestamp::now().plus(fence.extend_lease).millis(), &fence.run_id.as_bytes()[..]],
+        )
+        .sql()?;
+    }
+    let last = sealed.last().map_or((head, head_hash.clone()), |s| (s.event.seq, s.hash.to_vec()));
+    conn.exec(
+        "UPDATE sessions SET head_seq = ?1, head_hash = ?2, updated_at = ?3 WHERE pk = ?4",
+        params![to_i64(last.0), last.1, at.millis(), pk],
+    )
+    .sql()?;
+    let committed: Vec<Event> = sealed.into_iter().map(|s| s.event).collect();
+    if let Some(key) = &idempotency {
+        claim_idempotency(conn, &tenant_id, key, pk, session_id, first_run_created_in(&committed))?;
+    }
+    let note = project::committed(&tenant_id, session_id, &committed, &plan);
+    Ok((committed, vec![note]))
+}
 
-    let mut changed = Vec::new();
-    for slot in &slots {
-        let status = slot.state.status;
-        let state = to_json(&slot.state, "run state")?;
-        match slot.pk {
+/// The run a committed batch created first, if any.
+fn first_run_created_in(events: &[Event]) -> Option<RunId> {
+    events.iter().find(|e| matches!(e.body, stead_core::event::EventBody::RunCreated { .. })).and_then(|e| e.run_id)
+}
+
+/// Loads what [`plan_append`] needs: each named run (its state if it is this session's) and
+/// each named approval (by id alone: ids are unique across tenants).
+fn load_references(conn: &Connection, tenant: &TenantId, session_pk: i64, refs: &References) -> Result<Loaded> {
+    let mut loaded = Loaded::default();
+    for run in &refs.runs {
+        let row: Option<(i64, i64, String, String)> = conn
+            .row("SELECT pk, session_pk, tenant, state FROM runs WHERE id = ?1", [&run.as_bytes()[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .sql()?;
+        if let Some((pk, spk, t, state)) = row {
+            let stored = if spk == session_pk && t == tenant.as_str() {
+                StoredRun::Here { pk, state: Box::new(json(&state, "run state")?) }
+            } else {
+                StoredRun::Elsewhere
+            };
+            loaded.runs.insert(*run, stored);
+        }
+    }
+    for id in &refs.approvals {
+        type Row = (String, i64, Vec<u8>, String, String, String, String, bool);
+        let row: Option<Row> = conn
+            .row(
+                "SELECT tenant, session_pk, run_id, kind, call_id, tool_name, arguments, decision IS NOT NULL                  FROM approvals WHERE id = ?1",
+                [&id.as_bytes()[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
+            )
+            .optional()
+            .sql()?;
+        if let Some((t, spk, run, kind, call_id, tool_name, arguments, decided)) = row {
+            let kind = crate::rows::word::<ApprovalKind>(&kind, "approval kind")?;
+            loaded.approvals.insert(
+                *id,
+                StoredApproval {
+                    here: spk == session_pk && t == tenant.as_str(),
+                    run_id: RunId::from_bytes(crate::rows::id_bytes(&run, "run")?),
+                    kind,
+                    call_id,
+                    tool_name,
+                    arguments,
+                    decided,
+                },
+            );
+        }
+    }
+    Ok(loaded)
+}
+
+/// Writes what an accepted append changes besides its events: metadata, approvals, runs.
+fn write_plan(conn: &Connection, tenant: &TenantId, session_pk: i64, at: Timestamp, plan: &AppendPlan) -> Result<()> {
+    if let Some(metadata) = &plan.metadata {
+        let text = to_json(metadata, "session metadata")?;
+        conn.exec("UPDATE sessions SET metadata = ?1 WHERE pk = ?2", params![text, session_pk]).sql()?;
+    }
+    for a in &plan.new_approvals {
+        conn.exec(
+            "INSERT INTO approvals (id, tenant, session_pk, run_id, kind, call_id, tool_name, arguments, role, \
+             reason, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                &a.id.as_bytes()[..],
+                tenant.as_str(),
+                session_pk,
+                &a.run_id.as_bytes()[..],
+                a.kind.as_str(),
+                a.call_id,
+                a.tool_name,
+                a.arguments,
+                a.role,
+                a.reason,
+                a.created_at.millis(),
+                a.expires_at.millis()
+            ],
+        )
+        .sql()?;
+        if let Some(d) = &a.decision {
+            decide_approval(conn, a.id, d)?;
+        }
+    }
+    for c in &plan.changed_approvals {
+        conn.exec(
+            "UPDATE approvals SET run_id = ?1 WHERE id = ?2",
+            params![&c.run_id.as_bytes()[..], &c.id.as_bytes()[..]],
+        )
+        .sql()?;
+        if let Some(d) = &c.decision {
+            decide_approval(conn, c.id, d)?;
+        }
+    }
+    for run in &plan.runs {
+        let status = run.state.status;
+        let state = to_json(&run.state, "run state")?;
+        match run.pk {
             None => {
                 conn.exec(
                     INSERT_RUN,
-                    params![&slot.id.as_bytes()[..], tenant_id.as_str(), pk, status.as_str(), state, at.millis()],
+                    params![&run.id.as_bytes()[..], tenant.as_str(), session_pk, status.as_str(), state, at.millis()],
                 )
                 .sql()?;
             }
@@ -495,148 +440,25 @@ pub(crate) fn append(
                     .sql()?;
             }
         }
-        if slot.before != Some(status) {
-            changed.push((slot.id, status));
-        }
-    }
-    if let Some(fence) = &fence {
-        conn.exec(
-            "UPDATE runs SET lease_expires = ?1 WHERE id = ?2 AND lease_owner IS NOT NULL",
-            params![Timestamp::now().plus(fence.extend_lease).millis(), &fence.run_id.as_bytes()[..]],
-        )
-        .sql()?;
-    }
-    let last = committed.last().map_or(head, |e| e.seq);
-    conn.exec(
-        "UPDATE sessions SET head_seq = ?1, head_hash = ?2, updated_at = ?3 WHERE pk = ?4",
-        params![to_i64(last), &prev[..], at.millis(), pk],
-    )
-    .sql()?;
-    if let Some(key) = &idempotency {
-        let run = committed.iter().find(|e| matches!(e.body, EventBody::RunCreated { .. })).and_then(|e| e.run_id);
-        claim_idempotency(conn, &tenant_id, key, pk, session_id, run)?;
-    }
-    let note = Committed { tenant_id, session_id, events: Arc::from(committed.clone()), runs: changed };
-    Ok((committed, vec![note]))
-}
-
-/// Moves an open approval of a completed run to the run that carries its call on. Only one
-/// run can: the row must still belong to the run it came from, undecided.
-fn take_over_approval(
-    conn: &Connection,
-    tenant: &TenantId,
-    session_pk: i64,
-    run: RunId,
-    carried: &stead_core::event::CarriedCall,
-) -> Result<()> {
-    let moved = conn
-        .exec(
-            "UPDATE approvals SET run_id = ?1 \
-             WHERE id = ?2 AND tenant = ?3 AND session_pk = ?4 AND run_id = ?5 AND call_id = ?6 \
-               AND tool_name = ?7 AND arguments = ?8 \
-               AND decision IS NULL AND kind = 'tool_call' \
-               AND EXISTS (SELECT 1 FROM runs r WHERE r.id = ?5 AND r.status = 'completed')",
-            params![
-                &run.as_bytes()[..],
-                &carried.approval_id.as_bytes()[..],
-                tenant.as_str(),
-                session_pk,
-                &carried.from_run.as_bytes()[..],
-                carried.call.id,
-                carried.call.name,
-                carried.call.arguments
-            ],
-        )
-        .sql()?;
-    if moved != 1 {
-        return Err(Error::InvalidTransition {
-            run,
-            reason: format!(
-                "approval {} is not an open question about this call of completed run {} in this session (decided, expired, already taken over, or another call)",
-                carried.approval_id, carried.from_run
-            ),
-        });
     }
     Ok(())
 }
 
-/// Folds an approval event into the approvals table. Runs after `RunState::apply` accepted
-/// the event, yet checks again on its own: the run state only knows its run, so only here can
-/// an approval id reused elsewhere be caught, and the projection must never quietly diverge
-/// from the log.
-fn project_approval(
-    conn: &Connection,
-    tenant: &TenantId,
-    session_pk: i64,
-    run: RunId,
-    at: Timestamp,
-    body: &EventBody,
-) -> Result<()> {
-    match body {
-        EventBody::ApprovalRequested { approval_id, kind, call_id, name, arguments, role, expires_at, reason } => {
-            // Ids are unique across tenants (like run ids), so this lookup is not tenant-scoped.
-            let taken = conn
-                .row("SELECT 1 FROM approvals WHERE id = ?1", [&approval_id.as_bytes()[..]], |_| Ok(()))
-                .optional()
-                .sql()?
-                .is_some();
-            if taken {
-                return Err(Error::InvalidTransition {
-                    run,
-                    reason: format!("an approval with id {approval_id} already exists"),
-                });
-            }
-            conn.exec(
-                "INSERT INTO approvals (id, tenant, session_pk, run_id, kind, call_id, tool_name, arguments, role, \
-                 reason, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    &approval_id.as_bytes()[..],
-                    tenant.as_str(),
-                    session_pk,
-                    &run.as_bytes()[..],
-                    kind.as_str(),
-                    call_id,
-                    name,
-                    arguments,
-                    role,
-                    reason,
-                    at.millis(),
-                    expires_at.millis()
-                ],
-            )
-            .sql()?;
-        }
-        EventBody::ApprovalDecided { approval_id, call_id, decision, decided_by, reason, arguments, output } => {
-            let updated = conn
-                .exec(
-                    "UPDATE approvals SET decision = ?1, decided_by = ?2, decided_at = ?3, decision_reason = ?4, \
-                     decided_arguments = ?5, output = ?6 \
-                     WHERE id = ?7 AND tenant = ?8 AND session_pk = ?9 AND run_id = ?10 AND call_id = ?11 \
-                       AND decision IS NULL",
-                    params![
-                        decision.as_str(),
-                        decided_by,
-                        at.millis(),
-                        reason,
-                        arguments,
-                        output,
-                        &approval_id.as_bytes()[..],
-                        tenant.as_str(),
-                        session_pk,
-                        &run.as_bytes()[..],
-                        call_id
-                    ],
-                )
-                .sql()?;
-            if updated != 1 {
-                return Err(Error::InvalidTransition {
-                    run,
-                    reason: format!("approval {approval_id} is not pending for call {call_id:?} of this run"),
-                });
-            }
-        }
-        _ => {}
-    }
+fn decide_approval(conn: &Connection, id: ApprovalId, d: &DecisionRow) -> Result<()> {
+    conn.exec(
+        "UPDATE approvals SET decision = ?1, decided_by = ?2, decided_at = ?3, decision_reason = ?4, \
+         decided_arguments = ?5, output = ?6 WHERE id = ?7",
+        params![
+            d.decision.as_str(),
+            d.decided_by,
+            d.decided_at.millis(),
+            d.reason,
+            d.arguments,
+            d.output,
+            &id.as_bytes()[..]
+        ],
+    )
+    .sql()?;
     Ok(())
 }
 
@@ -717,9 +539,6 @@ fn claimed(conn: &Connection, pk: i64) -> Result<Claim> {
     Ok(Claim { token: run.fencing_token, run, session })
 }
 
-/// Error code of a run set aside because its row or its session's row does not decode.
-pub const CORRUPT_ROW: &str = "corrupt_row";
-
 /// Takes a run whose row (or its session's) does not decode out of the claim queue for good:
 /// status `failed`, no lease. Its state says so (`corrupt_row`) when the state itself still
 /// decodes. The log is not touched: `audit` still shows what is there. Logged once, here.
@@ -729,13 +548,7 @@ fn quarantine(conn: &Connection, pk: i64, why: &str, now: Timestamp) -> Result<(
     let run =
         <[u8; 16]>::try_from(id.as_slice()).map_or_else(|_| format!("pk {pk}"), |b| RunId::from_bytes(b).to_string());
     tracing::error!(run = %run, error = why, "a run's stored row does not decode; it is marked failed and never claimed");
-    let state = serde_json::from_str::<RunState>(&state).ok().map(|mut s| {
-        s.status = RunStatus::Failed;
-        s.error =
-            Some(stead_core::event::ErrorInfo::new(CORRUPT_ROW, format!("the run's stored data is damaged: {why}")));
-        s.finished_at.get_or_insert(now);
-        s
-    });
+    let state = project::quarantined_state(serde_json::from_str::<RunState>(&state).ok(), why, now);
     let state = state.map(|s| to_json(&s, "run state")).transpose()?;
     conn.exec(
         "UPDATE runs SET status = 'failed', state = coalesce(?2, state), lease_owner = NULL, lease_expires = NULL \

@@ -29,6 +29,15 @@ pub(crate) struct WriteCtx {
     pub max_event_bytes: usize,
 }
 
+impl WriteCtx {
+    pub(crate) fn limits(&self) -> stead_store::project::Limits {
+        stead_store::project::Limits {
+            max_events_per_session: self.max_events_per_session,
+            max_event_bytes: self.max_event_bytes,
+        }
+    }
+}
+
 /// A job's outcome inside the transaction: what to publish if the group commits, and how
 /// to answer the caller once the commit's fate is known.
 pub(crate) struct Executed {

@@ -127,10 +127,17 @@ macro_rules! __conformance_cases {
 }
 
 /// Generates one `#[tokio::test]` per conformance case, each with a store from `$make`.
+///
+/// With `skip_unless = $ready`, where `async fn ready() -> Result<(), String>`, each case first
+/// awaits `$ready()` and, on `Err(why)`, prints `SKIPPED: why` and returns (for a backend that
+/// needs a server the machine may lack; `$ready` itself decides whether that is a failure).
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::__conformance_cases!([$crate::__conformance_test_fns] $make);
+    };
+    ($make:expr, skip_unless = $ready:expr) => {
+        $crate::__conformance_cases!([$crate::__conformance_test_fns_skipping] $make, $ready);
     };
 }
 
@@ -141,6 +148,23 @@ macro_rules! __conformance_test_fns {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
+                $crate::conformance::$case(&$make).await;
+            }
+        )*
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_test_fns_skipping {
+    ($make:expr, $ready:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                if let Err(why) = $ready().await {
+                    println!("SKIPPED: {why}");
+                    return;
+                }
                 $crate::conformance::$case(&$make).await;
             }
         )*

@@ -1,5 +1,5 @@
 //! The storage interface: traits, records and the error type only. Implementations live
-//! beside it (`stead-store-sqlite`; PostgreSQL later) and pass one conformance suite.
+//! beside it (`stead-store-sqlite`, `stead-store-postgres`) and pass one conformance suite.
 //!
 //! The store owns three guarantees the rest of Stead builds on:
 //! - **compare-and-append**: an append names the session head it expects and fails with
@@ -354,6 +354,9 @@ pub trait Store: Send + Sync + 'static {
     /// Commits as they happen. A slow receiver may lag; it then re-reads from the store.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Committed>;
 }
+
+pub mod project;
+pub mod stored;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
