@@ -251,3 +251,48 @@ fn cedar_type(ty: &ArgType) -> Value {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_schemas_map_to_cedar_types_or_are_left_out() {
+        let t = |v: Value| from_json_schema(&v, 0);
+        assert_eq!(t(json!({"type": ["string", "null"]})), Some(ArgType::String));
+        assert_eq!(t(json!({"enum": ["a", "b"]})), Some(ArgType::String));
+        assert_eq!(t(json!({"enum": ["a", 1]})), None);
+        assert_eq!(t(json!({"type": ["string", "integer"]})), None);
+        assert_eq!(t(json!({"anyOf": [{"type": "string"}]})), None);
+        assert_eq!(t(json!({"type": "array"})), None);
+        assert_eq!(
+            t(json!({"type": "array", "items": {"type": "number"}})),
+            Some(ArgType::Set(Box::new(ArgType::Decimal)))
+        );
+        assert_eq!(
+            t(json!({"properties": {"a": {"type": "boolean"}, "b": {"$ref": "#/x"}}})),
+            Some(ArgType::Record(BTreeMap::from([("a".into(), ArgType::Bool)])))
+        );
+    }
+
+    #[test]
+    fn merging_keeps_what_agrees_and_records_conflicts() {
+        let tool = |schema: Value| ToolInfo {
+            name: format!("t{}", schema),
+            kind: crate::ToolKind::Builtin,
+            host: None,
+            arguments_schema: Some(schema),
+        };
+        let g = generate(&[
+            tool(json!({"properties": {"a": {"type": "string"}, "o": {"properties": {"x": {"type": "integer"}, "y": {"type": "string"}}}}})),
+            tool(json!({"properties": {"a": {"type": "integer"}, "o": {"properties": {"x": {"type": "integer"}, "y": {"type": "boolean"}}}}})),
+            tool(json!({"properties": {"a": {"type": "string"}}})),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(g.conflicts, ["a", "o.y"]);
+        assert_eq!(
+            g.arguments,
+            BTreeMap::from([("o".into(), ArgType::Record(BTreeMap::from([("x".into(), ArgType::Long)])))])
+        );
+    }
+}

@@ -214,3 +214,33 @@ fn kind(v: &Value) -> &'static str {
         Value::Object(_) => "an object",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decimal(text: &str) -> Result<(), String> {
+        let c = Converter { path: "arguments.x".into(), values: 0 };
+        c.decimal(text).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn decimals_fit_exactly_or_are_refused() {
+        for ok in ["0", "-5", "0.0001", "-0.0001", "922337203685477.5807", "922337203685477", "99999999999999.9999"] {
+            assert_eq!(decimal(ok), Ok(()), "{ok}");
+        }
+        for refused in ["0.00001", "922337203685477.5808", "922337203685478", "1000000000000000"] {
+            assert!(decimal(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn numbers_follow_the_declared_type() {
+        let declared = BTreeMap::from([("n".to_owned(), ArgType::Long), ("d".to_owned(), ArgType::Decimal)]);
+        let ok = |v: Value| arguments(&v, &declared).is_ok();
+        assert!(ok(serde_json::json!({"n": 3.0, "d": 3})));
+        assert!(ok(serde_json::json!({"n": 3, "d": 2.5})));
+        assert!(!ok(serde_json::json!({"d": 1_000_000_000_000_000_i64})));
+        assert!(!ok(serde_json::json!({"n": 2.00001})));
+    }
+}
