@@ -313,7 +313,27 @@ impl Boundary {
 
     /// This boundary with one more layer: a call must now also be allowed by `text`'s
     /// policies. Never widens. Text with no policy returns the boundary unchanged.
+    /// `source` names the layer in policy names and errors: unique in the boundary, made of
+    /// ASCII letters, digits, `-`, `_` and `.`.
     pub fn narrow(&self, source: &str, text: &str) -> Result<Boundary> {
+        let label_ok =
+            !source.is_empty() && source.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let taken = self.layers.iter().any(|l| l.source == source);
+        if !label_ok || taken {
+            return Err(Error::Invalid {
+                layer: source.into(),
+                problems: vec![Problem {
+                    line: 0,
+                    column: 0,
+                    policy: None,
+                    message: if taken {
+                        format!("the boundary has a `{source}` layer already: sources are unique")
+                    } else {
+                        "a source is made of ASCII letters, digits, `-`, `_` and `.`".into()
+                    },
+                }],
+            });
+        }
         if text.len() > MAX_POLICY_TEXT_BYTES {
             return Err(Error::Limit {
                 layer: source.into(),

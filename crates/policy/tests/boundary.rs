@@ -87,7 +87,7 @@ fn a_later_layer_never_widens() {
     // And narrowing does narrow: the session layer denies what the agent layer allows.
     let narrowed = b
         .narrow(
-            "session",
+            "narrow-1",
             r#"permit(principal, action, resource);
                forbid(principal, action, resource) when { context.arguments has city && context.arguments.city == "Rome" };"#,
         )
@@ -95,7 +95,7 @@ fn a_later_layer_never_widens() {
     assert!(call(&narrowed, &alice(), "weather", json!({"city": "Rome"})).is_deny());
     assert_eq!(call(&narrowed, &alice(), "weather", json!({"city": "Oslo"})), Decision::Allow);
     // A layer of forbids only permits nothing (each layer is a whole Cedar policy set).
-    let forbids_only = b.narrow("session", r#"forbid(principal, action, resource == Stead::Tool::"fetch");"#).unwrap();
+    let forbids_only = b.narrow("narrow-1", r#"forbid(principal, action, resource == Stead::Tool::"fetch");"#).unwrap();
     assert!(call(&forbids_only, &alice(), "weather", json!({"city": "Oslo"})).is_deny());
     // The original is unchanged.
     assert_eq!(call(&b, &alice(), "weather", json!({"city": "Rome"})), Decision::Allow);
@@ -451,6 +451,16 @@ fn limits_are_enforced_and_reported() {
     let many = "permit(principal, action, resource);\n".repeat(MAX_POLICIES / 2 + 1);
     let e = refused(&[("tenant", &many), ("agent", &many)]);
     assert!(e.to_string().starts_with("`agent` policies exceed a limit: the number of policies"), "{e}");
+}
+
+#[test]
+fn layer_sources_are_unique_names() {
+    let b = agent("permit(principal, action, resource);");
+    let e = b.narrow("agent", "permit(principal, action, resource);").unwrap_err();
+    assert!(e.to_string().contains("has a `agent` layer already"), "{e}");
+    assert!(b.narrow("a:b", "").is_err());
+    assert!(b.narrow("", "").is_err());
+    assert_eq!(b.narrow("narrow-1", "").unwrap().sources(), ["agent"]);
 }
 
 #[test]
