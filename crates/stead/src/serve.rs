@@ -19,11 +19,19 @@ use crate::config::ServeArgs;
 /// The vault's key-encryption key: `STEAD_VAULT_KEY` (the key itself), `--vault-key-file`, or
 /// else `vault.key` in the data directory, created on first start (mode 0600; it then lives
 /// beside the data it protects, so a copy of the database alone reveals no secret).
-fn vault_key(cfg: &crate::config::ServeConfig) -> anyhow::Result<stead_vault::Kek> {
+/// Several nodes on PostgreSQL must share one key, so none is made for them: without a
+/// configured key their vault is off (`/v1/secrets` answers `503 vault_disabled`).
+fn vault_key(cfg: &crate::config::ServeConfig) -> anyhow::Result<Option<stead_vault::Kek>> {
     if let Ok(text) = std::env::var("STEAD_VAULT_KEY")
         && !text.trim().is_empty()
     {
-        return stead_vault::Kek::from_text(&text).map_err(|e| anyhow::anyhow!("STEAD_VAULT_KEY: {e}"));
+        return stead_vault::Kek::from_text(&text).map(Some).map_err(|e| anyhow::anyhow!("STEAD_VAULT_KEY: {e}"));
+    }
+    if cfg.store.is_some() && cfg.vault_key_file.is_none() {
+        tracing::warn!(
+            "the vault is off: with --store, give every node the same key (--vault-key-file or STEAD_VAULT_KEY)"
+        );
+        return Ok(None);
     }
     let path = cfg.vault_key_file.clone().unwrap_or_else(|| cfg.data_dir.join("vault.key"));
     if cfg.vault_key_file.is_none() && !path.exists() {
@@ -41,7 +49,7 @@ fn vault_key(cfg: &crate::config::ServeConfig) -> anyhow::Result<stead_vault::Ke
     }
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("cannot read the vault key {}", path.display()))?;
-    stead_vault::Kek::from_text(&text).map_err(|e| anyhow::anyhow!("vault key {}: {e}", path.display()))
+    stead_vault::Kek::from_text(&text).map(Some).map_err(|e| anyhow::anyhow!("vault key {}: {e}", path.display()))
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -96,8 +104,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let grants = Arc::new(operator_grants(&cfg)?);
     let store = store as Arc<dyn stead_store::Store>;
-    let vault = Arc::new(stead_vault::Vault::new(store.clone(), vault_key(&cfg)?));
-    tracing::info!(key = vault.kek_id(), "vault ready");
+    let vault = vault_key(&cfg)?.map(|kek| Arc::new(stead_vault::Vault::new(store.clone(), kek)));
+    if let Some(v) = &vault {
+        tracing::info!(key = v.kek_id(), "vault ready");
+    }
     let engine = Engine::new(
         store,
         Providers::with_named(ProviderDefaults::from_env(), grants.providers.values().cloned().collect()),
@@ -110,7 +120,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_tool_output_bytes: cfg.max_tool_output_bytes,
             grants,
             mcp_url_guard: mcp_guard.clone(),
-            vault: Some(vault),
+            vault,
             ..EngineOptions::default()
         },
     );
