@@ -287,8 +287,8 @@ async fn non_streaming_tool_use() {
         resp.tool_calls,
         vec![
             ToolCall { id: "toolu_a".into(), name: "clock".into(), arguments: "{}".into() },
-            // The `input` object re-serialised (compact; serde_json orders keys).
-            ToolCall { id: "toolu_b".into(), name: "search".into(), arguments: r#"{"n":[1,2],"q":"rust"}"#.into() },
+            // The `input` object re-serialised, compact, its keys in the order the model wrote them.
+            ToolCall { id: "toolu_b".into(), name: "search".into(), arguments: r#"{"q":"rust","n":[1,2]}"#.into() },
         ]
     );
     assert_eq!(resp.finish_reason, "tool_calls");

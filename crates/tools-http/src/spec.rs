@@ -97,7 +97,9 @@ pub(crate) fn prepare(
     let template = Template::parse(&spec.url)?;
     let mut url = template.render(args)?;
 
-    let rest: Vec<(&String, &Value)> = args.iter().filter(|(k, _)| !template.names.contains(k.as_str())).collect();
+    let mut rest: Vec<(&String, &Value)> = args.iter().filter(|(k, _)| !template.names.contains(k.as_str())).collect();
+    // Sorted by name, so the query does not depend on the order the model wrote them in.
+    rest.sort_by(|a, b| a.0.cmp(b.0));
     let body = if method == Method::GET || method == Method::DELETE {
         append_query(&mut url, &rest);
         None
