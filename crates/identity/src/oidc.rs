@@ -169,7 +169,9 @@ impl Issuer {
         match (now.key.or(again.key), now.candidates) {
             (Some(k), _) => Ok(k),
             (None, true) => Err(TokenError::BadSignature),
-            (None, false) => Err(TokenError::UnknownKey(token.kid.clone().unwrap_or_default())),
+            (None, false) => {
+                Err(TokenError::UnknownKey(token.kid.as_deref().unwrap_or_default().chars().take(64).collect()))
+            }
         }
     }
 
